@@ -1,0 +1,56 @@
+// Shared by every optimizer kernel. Each kernel is compiled as this file followed by its own
+// (`src/kernels/mod.rs`), so everything here is in scope there.
+//
+// Binding layout of every kernel (explicit in `src/kernels/mod.rs`):
+//   0: the kernel's uniform of per-step scalars (dynamic offset, one slot per recorded step)
+//   1: parameters (read-write)      2: gradients (read-only)
+//   3..: optimizer state (read-write), in the order the kernel declares it
+// The element count is the length of the bound parameter range, so a chunk of a larger buffer
+// needs no extra uniform.
+
+/// Threads per workgroup; the host dispatches ceil(len / WORKGROUP_SIZE) workgroups in 2-D.
+override WORKGROUP_SIZE: u32 = 256u;
+/// PyTorch's `maximize`: ascend instead of descend by negating the gradient first.
+override MAXIMIZE: bool = false;
+/// Put eps inside the square root (`g / sqrt(s + eps)`, optax) instead of PyTorch's
+/// `g / (sqrt(s) + eps)`. Only the kernels with such a denominator read it.
+override EPS_IN_SQRT: bool = false;
+
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+
+/// Index of this invocation's element. Dispatches are 2-D because one dimension holds at most
+/// 65535 workgroups; rows are `num_workgroups.x` workgroups wide.
+fn element_index(gid: vec3<u32>, num_workgroups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * num_workgroups.x * WORKGROUP_SIZE;
+}
+
+/// The gradient the update sees: negated under `maximize`, plus coupled (L2) weight decay
+/// `g + wd * p`, skipped when wd is zero as PyTorch skips it (0 * inf would be NaN).
+fn effective_grad(g_raw: f32, p: f32, weight_decay: f32) -> f32 {
+    var g = g_raw;
+    if MAXIMIZE {
+        g = -g;
+    }
+    if weight_decay != 0.0 {
+        g = g + weight_decay * p;
+    }
+    return g;
+}
+
+/// `torch.lerp(start, end, weight)` as ATen evaluates it: two forms, picked by |weight| < 0.5,
+/// with `one_minus_weight` rounded to f32 on the host like ATen's opmath.
+fn torch_lerp(start: f32, end: f32, weight: f32, one_minus_weight: f32) -> f32 {
+    if abs(weight) < 0.5 {
+        return start + weight * (end - start);
+    }
+    return end - (end - start) * one_minus_weight;
+}
+
+/// `sqrt(s) + eps`, or `sqrt(s + eps)` under EPS_IN_SQRT.
+fn denominator(s: f32, eps: f32) -> f32 {
+    if EPS_IN_SQRT {
+        return sqrt(s + eps);
+    }
+    return sqrt(s) + eps;
+}

@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod compare;
+mod error;
+pub mod golden;
+pub mod gpu;
+pub mod kernels;
+pub mod optim;
+pub mod reference;
+pub mod validate;
+
+pub use compare::{ErrorStats, Tolerance};
+pub use error::{Error, Result};
+pub use gpu::{BufferRange, Gpu, GpuOptimizer, GpuOptions};
+pub use optim::{Adadelta, Adagrad, Adam, Optimizer, Rmsprop, Sgd};
+pub use reference::CpuOptimizer;

@@ -1,0 +1,288 @@
+//! The `fusedopt` command: adapter information, GPU-against-CPU validation and checks against
+//! recorded PyTorch / optax trajectories.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fusedopt::validate::{gpu_against_cpu, variants};
+use fusedopt::{ErrorStats, Gpu, Optimizer, Tolerance, golden::Trajectory, gpu::describe_adapter};
+
+/// Fused optimizer kernels on wgpu, checked against a CPU reference and PyTorch.
+///
+/// Without a command it runs the main job: `info`, then `validate` on the best adapter.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the adapter, backend, driver, the limits that matter and the features.
+    Info,
+    /// Run every optimizer under every option combination on the GPU and on the CPU reference
+    /// from the same seeded random data, and compare parameters and state after every step.
+    Validate {
+        /// Only this optimizer (repeatable): sgd, adagrad, rmsprop, adadelta, adam, adamw.
+        #[arg(long = "optimizer", value_name = "NAME")]
+        optimizers: Vec<String>,
+        /// Elements per tensor.
+        #[arg(long, default_value_t = 100_003)]
+        size: usize,
+        /// Steps per run.
+        #[arg(long, default_value_t = 5)]
+        steps: u64,
+        /// Seed of the random data.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        tolerance: ToleranceArgs,
+    },
+    /// Run reference trajectories (safetensors, see tests/golden/FORMAT.md) through the GPU
+    /// kernel and the CPU reference, step by step, and report the worst errors.
+    Check {
+        /// Trajectory files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Check only the CPU reference (no adapter needed).
+        #[arg(long)]
+        cpu_only: bool,
+        #[command(flatten)]
+        tolerance: ToleranceArgs,
+    },
+}
+
+/// Per-element tolerance `|x - ref| <= atol + rtol * |ref|`.
+#[derive(clap::Args, Debug)]
+struct ToleranceArgs {
+    /// Absolute tolerance.
+    #[arg(long, default_value_t = Tolerance::F32.abs)]
+    atol: f64,
+    /// Relative tolerance.
+    #[arg(long, default_value_t = Tolerance::F32.rel)]
+    rtol: f64,
+}
+
+impl ToleranceArgs {
+    fn tolerance(&self) -> Tolerance {
+        Tolerance {
+            abs: self.atol,
+            rel: self.rtol,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => main_job(),
+        Some(Command::Info) => info(),
+        Some(Command::Validate {
+            optimizers,
+            size,
+            steps,
+            seed,
+            tolerance,
+        }) => validate(&optimizers, size, steps, seed, &tolerance.tolerance()),
+        Some(Command::Check {
+            files,
+            cpu_only,
+            tolerance,
+        }) => check(&files, cpu_only, &tolerance.tolerance()),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Until the benchmark lands, the main job is `info` followed by `validate`.
+fn main_job() -> fusedopt::Result<bool> {
+    info()?;
+    println!();
+    validate(&[], 100_003, 5, 0, &Tolerance::F32)
+}
+
+fn info() -> fusedopt::Result<bool> {
+    let gpu = Gpu::new()?;
+    let a = gpu.adapter_info();
+    let limits = gpu.device().limits();
+    println!("adapter   {}", a.name);
+    println!("type      {:?}", a.device_type);
+    println!("backend   {}", a.backend);
+    println!("driver    {} {}", a.driver, a.driver_info);
+    println!("vendor    {:#06x}  device {:#06x}", a.vendor, a.device);
+    println!();
+    println!("limits");
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!(
+        "  max_storage_buffer_binding_size       {:>14} B ({:.0} MiB, {} f32)",
+        limits.max_storage_buffer_binding_size,
+        mib(u64::from(limits.max_storage_buffer_binding_size)),
+        limits.max_storage_buffer_binding_size / 4
+    );
+    println!(
+        "  max_buffer_size                       {:>14} B ({:.0} MiB)",
+        limits.max_buffer_size,
+        mib(limits.max_buffer_size)
+    );
+    println!(
+        "  max_compute_workgroups_per_dimension  {:>14}",
+        limits.max_compute_workgroups_per_dimension
+    );
+    println!(
+        "  max_compute_invocations_per_workgroup {:>14}",
+        limits.max_compute_invocations_per_workgroup
+    );
+    println!(
+        "  max_storage_buffers_per_shader_stage  {:>14}",
+        limits.max_storage_buffers_per_shader_stage
+    );
+    println!(
+        "  min_storage_buffer_offset_alignment   {:>14}",
+        limits.min_storage_buffer_offset_alignment
+    );
+    println!(
+        "  min_uniform_buffer_offset_alignment   {:>14}",
+        limits.min_uniform_buffer_offset_alignment
+    );
+    println!(
+        "  elements per dispatch chunk           {:>14}",
+        gpu.limits().chunk_elements()
+    );
+    println!();
+    let adapter_features = gpu.device().features();
+    println!("features on the device: {adapter_features:?}");
+    let all = fusedopt::gpu::list_adapters(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()));
+    println!();
+    println!("adapters found (in order of preference)");
+    for info in &all {
+        println!("  {}", describe_adapter(info));
+    }
+    Ok(true)
+}
+
+fn validate(
+    optimizers: &[String],
+    size: usize,
+    steps: u64,
+    seed: u64,
+    tol: &Tolerance,
+) -> fusedopt::Result<bool> {
+    let names: Vec<String> = if optimizers.is_empty() {
+        Optimizer::NAMES.iter().map(|s| s.to_string()).collect()
+    } else {
+        optimizers.to_vec()
+    };
+    let gpu = Gpu::new()?;
+    println!(
+        "validate: GPU ({}) against the CPU reference, {size} elements, {steps} steps, seed {seed}, \
+         tolerance {} + {}·|ref|",
+        describe_adapter(gpu.adapter_info()),
+        tol.abs,
+        tol.rel
+    );
+    println!(
+        "{:<9} {:<44} {:>11} {:>11} {:>8} {:>5}  {}",
+        "optimizer", "options", "max abs", "max rel", "ratio", "step", "worst tensor"
+    );
+    let mut all_ok = true;
+    let mut cases = 0;
+    for name in &names {
+        for config in variants(name)? {
+            let report = gpu_against_cpu(&gpu, &config, size, steps, seed, tol)?;
+            let overall = report.overall();
+            let worst = report
+                .tensors
+                .iter()
+                .max_by(|a, b| a.1.worst_ratio.total_cmp(&b.1.worst_ratio))
+                .map_or("-", |(n, _)| n);
+            let verdict = if overall.passed() { "" } else { "  MISMATCH" };
+            all_ok &= overall.passed();
+            cases += 1;
+            println!(
+                "{:<9} {:<44} {:>11.3e} {:>11.3e} {:>8.3} {:>5}  {}{}",
+                config.name(),
+                config.describe(),
+                overall.max_abs,
+                overall.max_rel,
+                overall.worst_ratio,
+                overall.worst_step,
+                worst,
+                verdict
+            );
+        }
+    }
+    println!(
+        "{cases} configurations: {}",
+        if all_ok { "all match" } else { "MISMATCHES found" }
+    );
+    Ok(all_ok)
+}
+
+fn check(files: &[PathBuf], cpu_only: bool, tol: &Tolerance) -> fusedopt::Result<bool> {
+    let gpu = if cpu_only { None } else { Some(Gpu::new()?) };
+    if let Some(gpu) = &gpu {
+        println!("check: GPU {}", describe_adapter(gpu.adapter_info()));
+    }
+    println!("tolerance: |x - ref| <= {} + {}·|ref| on every element of every step", tol.abs, tol.rel);
+    let mut all_ok = true;
+    for file in files {
+        let traj = match Trajectory::load(file) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("{}: FAILED to load: {e}", file.display());
+                all_ok = false;
+                continue;
+            }
+        };
+        println!(
+            "{} ({}, {} steps × {}; {}; {})",
+            file.display(),
+            traj.optimizer.name(),
+            traj.steps,
+            traj.n,
+            traj.optimizer.describe(),
+            traj.framework
+        );
+        let mut paths: Vec<(&str, fusedopt::Result<ErrorStats>)> = vec![("cpu", traj.check_cpu(tol))];
+        if let Some(gpu) = &gpu {
+            paths.push(("gpu", traj.check_gpu(gpu, tol)));
+        }
+        for (path, stats) in paths {
+            match stats {
+                Ok(s) => {
+                    all_ok &= s.passed();
+                    println!(
+                        "  {path}  max abs {:.3e} (step {:>3})  max rel {:.3e} (step {:>3})  \
+                         worst ratio {:.3} (step {}, element {})  {}",
+                        s.max_abs,
+                        s.max_abs_step,
+                        s.max_rel,
+                        s.max_rel_step,
+                        s.worst_ratio,
+                        s.worst_step,
+                        s.worst_index,
+                        if s.passed() {
+                            "ok".to_string()
+                        } else {
+                            format!("FAILED ({} of {} elements)", s.failures, s.compared)
+                        }
+                    );
+                }
+                Err(e) => {
+                    all_ok = false;
+                    println!("  {path}  FAILED: {e}");
+                }
+            }
+        }
+    }
+    println!("{}", if all_ok { "all files pass" } else { "some files FAILED" });
+    Ok(all_ok)
+}

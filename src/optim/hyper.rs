@@ -1,0 +1,94 @@
+//! Reading PyTorch keyword arguments from a JSON object, key by key, so that a key no
+//! optimizer reads is reported instead of silently ignored.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// Keys PyTorch accepts that select an implementation, not the arithmetic; they are accepted
+/// and have no effect here.
+const IMPLEMENTATION_KEYS: [&str; 4] = ["foreach", "fused", "capturable", "differentiable"];
+
+pub(crate) struct HyperReader<'a> {
+    optimizer: &'static str,
+    map: &'a serde_json::Map<String, Value>,
+    unread: BTreeSet<&'a str>,
+}
+
+impl<'a> HyperReader<'a> {
+    pub(crate) fn new(optimizer: &'static str, hyper: &'a Value) -> Result<Self> {
+        let map = hyper.as_object().ok_or_else(|| Error::Unsupported {
+            optimizer,
+            message: format!("hyperparameters must be a JSON object, got {hyper}"),
+        })?;
+        let unread = map
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !IMPLEMENTATION_KEYS.contains(k))
+            .collect();
+        Ok(Self {
+            optimizer,
+            map,
+            unread,
+        })
+    }
+
+    fn take(&mut self, key: &str) -> Option<&'a Value> {
+        self.unread.remove(key);
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn wrong_type(&self, key: &str, expected: &str, got: &Value) -> Error {
+        Error::Unsupported {
+            optimizer: self.optimizer,
+            message: format!("hyperparameter {key} must be {expected}, got {got}"),
+        }
+    }
+
+    /// Reads a number into `slot` if the key is present.
+    pub(crate) fn number(&mut self, key: &str, slot: &mut f64) -> Result<()> {
+        if let Some(v) = self.take(key) {
+            *slot = v
+                .as_f64()
+                .ok_or_else(|| self.wrong_type(key, "a number", v))?;
+        }
+        Ok(())
+    }
+
+    /// Reads a boolean into `slot` if the key is present.
+    pub(crate) fn boolean(&mut self, key: &str, slot: &mut bool) -> Result<()> {
+        if let Some(v) = self.take(key) {
+            *slot = v
+                .as_bool()
+                .ok_or_else(|| self.wrong_type(key, "true or false", v))?;
+        }
+        Ok(())
+    }
+
+    /// Reads a pair of numbers (`betas`) into `slot` if the key is present.
+    pub(crate) fn pair(&mut self, key: &str, slot: &mut (f64, f64)) -> Result<()> {
+        if let Some(v) = self.take(key) {
+            let pair = v
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .and_then(|a| Some((a[0].as_f64()?, a[1].as_f64()?)))
+                .ok_or_else(|| self.wrong_type(key, "a pair of numbers", v))?;
+            *slot = pair;
+        }
+        Ok(())
+    }
+
+    /// Fails if any key was never read.
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.unread.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = self.unread.into_iter().collect();
+        Err(Error::Unsupported {
+            optimizer: self.optimizer,
+            message: format!("unsupported hyperparameters: {}", keys.join(", ")),
+        })
+    }
+}
