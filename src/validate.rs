@@ -167,7 +167,7 @@ pub fn gpu_against_cpu(
     let mut problem = RandomProblem::new(size, seed);
     let mut cpu_params = problem.params.clone();
     let params = gpu.upload("validate/params", &problem.params)?;
-    let grads = gpu.create_storage("validate/grads", size)?;
+    let grads = gpu.zeros("validate/grads", size)?;
     let mut gpu_opt = GpuOptimizer::new(gpu, config.clone(), &params, &grads)?;
     let mut cpu_opt = CpuOptimizer::new(config.clone(), size)?;
     let mut tensors: Vec<(&'static str, ErrorStats)> = vec![("param", ErrorStats::default())];

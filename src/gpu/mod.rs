@@ -303,8 +303,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// Creates a storage buffer for `len` f32 elements, zero-filled by wgpu.
-    pub(crate) fn create_storage(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
+    /// Creates a storage buffer of `len` zeros (f32), usable for parameters, gradients or state.
+    pub fn zeros(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
         let bytes = (len as u64).checked_mul(4).unwrap_or(u64::MAX);
         self.check_buffer_size(label, bytes)?;
         self.scoped(&format!("allocating {label}"), || {
@@ -327,7 +327,7 @@ impl Gpu {
                 message: "a tensor needs at least one element".into(),
             });
         }
-        let buffer = self.create_storage(label, data.len())?;
+        let buffer = self.zeros(label, data.len())?;
         self.write(&buffer, 0, data)?;
         Ok(buffer)
     }

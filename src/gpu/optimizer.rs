@@ -98,7 +98,7 @@ impl GpuOptimizer {
         for slot in rule.state_slots() {
             match slot {
                 Some(slot) => {
-                    let buffer = gpu.create_storage(&format!("{name}/{}", slot.name), params.len)?;
+                    let buffer = gpu.zeros(&format!("{name}/{}", slot.name), params.len)?;
                     if slot.init != 0.0 {
                         gpu.fill(&buffer, 0, params.len as u64, slot.init)?;
                     }
@@ -106,7 +106,7 @@ impl GpuOptimizer {
                 }
                 // Bound but never touched: the override constant disables its code path.
                 None => {
-                    placeholders.push(gpu.create_storage(&format!("{name}/unused"), 1)?);
+                    placeholders.push(gpu.zeros(&format!("{name}/unused"), 1)?);
                     state.push(None);
                 }
             }

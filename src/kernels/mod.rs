@@ -5,7 +5,7 @@ use std::num::NonZeroU64;
 
 use crate::Result;
 use crate::gpu::Gpu;
-use crate::optim::{AdadeltaScalars, AdagradScalars, AdamScalars, RmspropScalars, SgdScalars};
+use crate::optim::{Optimizer, AdadeltaScalars, AdagradScalars, AdamScalars, RmspropScalars, SgdScalars};
 
 /// WGSL shared by every kernel: bindings 1 and 2, indexing and the common update pieces.
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
@@ -86,6 +86,11 @@ impl Shader {
             Self::Adam => ("AdamScalars", size_of::<AdamScalars>()),
         }
     }
+}
+
+/// Names of the override constants the host sets for `config` (besides `WORKGROUP_SIZE`).
+pub fn override_names(config: &Optimizer) -> Vec<&'static str> {
+    config.rule().overrides().into_iter().map(|(name, _)| name).collect()
 }
 
 /// A compiled kernel: pipeline and the bind-group layout its bind groups are made against.

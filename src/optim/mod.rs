@@ -188,6 +188,11 @@ impl Optimizer {
         }
     }
 
+    /// The shader that runs this optimizer.
+    pub fn shader(&self) -> Shader {
+        self.rule().shader()
+    }
+
     pub(crate) fn rule(&self) -> &dyn UpdateRule {
         match self {
             Self::Sgd(c) => c,
