@@ -11,7 +11,10 @@ pub struct Tolerance {
 
 impl Tolerance {
     /// The default for f32 trajectories: `1e-6 + 1e-5·|ref|`.
-    pub const F32: Tolerance = Tolerance { abs: 1e-6, rel: 1e-5 };
+    pub const F32: Tolerance = Tolerance {
+        abs: 1e-6,
+        rel: 1e-5,
+    };
 
     /// How far `x` is from `reference` as a fraction of the allowed error: at most 1 passes.
     /// Equal values (infinities included) and two NaNs give 0; a NaN against a number gives
@@ -129,8 +132,14 @@ mod tests {
         assert!(t.ratio(2e-6, 0.0) > 1.0, "absolute part exceeded");
         assert_eq!(t.ratio(f32::INFINITY, f32::INFINITY), 0.0, "same infinity");
         assert_eq!(t.ratio(f32::NAN, f32::NAN), 0.0, "both NaN");
-        assert!(t.ratio(f32::NAN, 1.0).is_infinite(), "NaN against a number fails");
-        assert!(t.ratio(1.0, f32::NAN).is_infinite(), "number against NaN fails");
+        assert!(
+            t.ratio(f32::NAN, 1.0).is_infinite(),
+            "NaN against a number fails"
+        );
+        assert!(
+            t.ratio(1.0, f32::NAN).is_infinite(),
+            "number against NaN fails"
+        );
     }
 
     #[test]
@@ -139,7 +148,11 @@ mod tests {
         s.add(&Tolerance::F32, 1, &[1.0, 2.0], &[1.0, 2.0]);
         s.add(&Tolerance::F32, 2, &[1.0, 2.1], &[1.0, 2.0]);
         assert!(!s.passed(), "one element is off");
-        assert_eq!((s.worst_step, s.worst_index, s.failures), (2, 1, 1), "where");
+        assert_eq!(
+            (s.worst_step, s.worst_index, s.failures),
+            (2, 1, 1),
+            "where"
+        );
         assert!((s.max_abs - 0.1).abs() < 1e-6, "max abs {}", s.max_abs);
     }
 }

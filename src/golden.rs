@@ -54,10 +54,10 @@ impl Trajectory {
             path: path.to_string(),
             message,
         };
-        let (_, metadata) =
-            SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let tensors =
-            SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let (_, metadata) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let tensors = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let meta = metadata.metadata().clone().unwrap_or_default();
         let get_meta = |key: &str| meta.get(key).cloned();
         let name = get_meta("optimizer").ok_or_else(|| bad("metadata lacks `optimizer`".into()))?;
@@ -71,7 +71,10 @@ impl Trajectory {
                 .tensor(key)
                 .map_err(|_| bad(format!("missing tensor `{key}`")))?;
             if view.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor `{key}` is {:?}, expected F32", view.dtype())));
+                return Err(bad(format!(
+                    "tensor `{key}` is {:?}, expected F32",
+                    view.dtype()
+                )));
             }
             let data = view
                 .data()
@@ -85,10 +88,14 @@ impl Trajectory {
         let (s_params, params) = tensor("params")?;
         let (s_lr, lr) = tensor("lr")?;
         let [n] = s_params0[..] else {
-            return Err(bad(format!("params0 has shape {s_params0:?}, expected [n]")));
+            return Err(bad(format!(
+                "params0 has shape {s_params0:?}, expected [n]"
+            )));
         };
         let [steps, _] = s_grads[..] else {
-            return Err(bad(format!("grads has shape {s_grads:?}, expected [steps, n]")));
+            return Err(bad(format!(
+                "grads has shape {s_grads:?}, expected [steps, n]"
+            )));
         };
         for (key, shape, expected) in [
             ("grads", &s_grads, vec![steps, n]),
@@ -96,13 +103,19 @@ impl Trajectory {
             ("lr", &s_lr, vec![steps]),
         ] {
             if *shape != expected {
-                return Err(bad(format!("{key} has shape {shape:?}, expected {expected:?}")));
+                return Err(bad(format!(
+                    "{key} has shape {shape:?}, expected {expected:?}"
+                )));
             }
         }
         for (key, value) in [("n", n), ("steps", steps)] {
-            if let Some(text) = get_meta(key) {
-                if text.trim().parse::<usize>().ok() != Some(value) {
-                    return Err(bad(format!("metadata {key}={text} disagrees with the tensors ({value})")));
+            if let Some(text) = get_meta(key)
+                && text.trim().parse::<usize>().ok() != Some(value)
+            {
+                {
+                    return Err(bad(format!(
+                        "metadata {key}={text} disagrees with the tensors ({value})"
+                    )));
                 }
             }
         }
@@ -150,7 +163,11 @@ impl Trajectory {
         let mut p = self.params0.clone();
         let mut stats = ErrorStats::default();
         for t in 0..self.steps {
-            opt.step_with_lr(ArrayViewMut1::from(&mut p[..]), ArrayView1::from(self.grad(t)), self.lr(t))?;
+            opt.step_with_lr(
+                ArrayViewMut1::from(&mut p[..]),
+                ArrayView1::from(self.grad(t)),
+                self.lr(t),
+            )?;
             stats.add(tol, t as u64 + 1, &p, self.expected(t));
         }
         Ok(stats)

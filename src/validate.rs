@@ -6,11 +6,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
+use crate::Result;
 use crate::compare::{ErrorStats, Tolerance};
 use crate::gpu::{Gpu, GpuOptimizer};
 use crate::optim::{Adadelta, Adagrad, Adam, Optimizer, Rmsprop, Sgd};
 use crate::reference::CpuOptimizer;
-use crate::Result;
 
 /// Every option combination that changes the arithmetic, for the optimizer called `name`,
 /// with hyperparameters away from zero so that every term contributes.
@@ -19,18 +19,30 @@ pub fn variants(name: &str) -> Result<Vec<Optimizer>> {
     let mut out: Vec<Optimizer> = Vec::new();
     match Optimizer::default_for(name)? {
         Optimizer::Sgd(_) => {
-            for (momentum, dampening, nesterov) in
-                [(0.0, 0.0, false), (0.9, 0.0, false), (0.9, 0.1, false), (0.9, 0.0, true)]
-            {
+            for (momentum, dampening, nesterov) in [
+                (0.0, 0.0, false),
+                (0.9, 0.0, false),
+                (0.9, 0.1, false),
+                (0.9, 0.0, true),
+            ] {
                 for (weight_decay, maximize) in pairs([0.0, 1e-2], bools) {
-                    let c = Sgd { lr: 1e-2, momentum, dampening, nesterov, weight_decay, maximize };
+                    let c = Sgd {
+                        lr: 1e-2,
+                        momentum,
+                        dampening,
+                        nesterov,
+                        weight_decay,
+                        maximize,
+                    };
                     out.push(c.into());
                 }
             }
         }
         Optimizer::Adagrad(_) => {
             for (lr_decay, initial_accumulator_value) in pairs([0.0, 1e-2], [0.0, 0.1]) {
-                for (eps_in_sqrt, (weight_decay, maximize)) in pairs(bools, pairs([0.0, 1e-2], bools)) {
+                for (eps_in_sqrt, (weight_decay, maximize)) in
+                    pairs(bools, pairs([0.0, 1e-2], bools))
+                {
                     let c = Adagrad {
                         lr: 1e-1,
                         lr_decay,
@@ -46,7 +58,9 @@ pub fn variants(name: &str) -> Result<Vec<Optimizer>> {
         }
         Optimizer::Rmsprop(_) => {
             for (centered, momentum) in pairs(bools, [0.0, 0.9]) {
-                for (eps_in_sqrt, (weight_decay, maximize)) in pairs(bools, pairs([0.0, 1e-2], bools)) {
+                for (eps_in_sqrt, (weight_decay, maximize)) in
+                    pairs(bools, pairs([0.0, 1e-2], bools))
+                {
                     let c = Rmsprop {
                         alpha: 0.9,
                         centered,
@@ -62,7 +76,14 @@ pub fn variants(name: &str) -> Result<Vec<Optimizer>> {
         }
         Optimizer::Adadelta(_) => {
             for (weight_decay, maximize) in pairs([0.0, 1e-2], bools) {
-                out.push(Adadelta { weight_decay, maximize, ..Adadelta::default() }.into());
+                out.push(
+                    Adadelta {
+                        weight_decay,
+                        maximize,
+                        ..Adadelta::default()
+                    }
+                    .into(),
+                );
             }
         }
         Optimizer::Adam(base) => {
@@ -85,7 +106,10 @@ pub fn variants(name: &str) -> Result<Vec<Optimizer>> {
     Ok(out)
 }
 
-fn pairs<A: Copy, B: Copy>(a: impl IntoIterator<Item = A>, b: impl IntoIterator<Item = B> + Clone) -> Vec<(A, B)> {
+fn pairs<A: Copy, B: Copy>(
+    a: impl IntoIterator<Item = A>,
+    b: impl IntoIterator<Item = B> + Clone,
+) -> Vec<(A, B)> {
     a.into_iter()
         .flat_map(|x| b.clone().into_iter().map(move |y| (x, y)))
         .collect()
@@ -106,8 +130,14 @@ impl RandomProblem {
     pub fn new(len: usize, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let params = (0..len).map(|_| rng.sample(StandardNormal)).collect();
-        let scales = (0..len).map(|_| 10f32.powf(rng.random_range(-3.0..1.0))).collect();
-        Self { rng, scales, params }
+        let scales = (0..len)
+            .map(|_| 10f32.powf(rng.random_range(-3.0..1.0)))
+            .collect();
+        Self {
+            rng,
+            scales,
+            params,
+        }
     }
 
     /// The next gradient.
@@ -171,17 +201,29 @@ pub fn gpu_against_cpu(
     let mut gpu_opt = GpuOptimizer::new(gpu, config.clone(), &params, &grads)?;
     let mut cpu_opt = CpuOptimizer::new(config.clone(), size)?;
     let mut tensors: Vec<(&'static str, ErrorStats)> = vec![("param", ErrorStats::default())];
-    tensors.extend(config.state_names().into_iter().map(|n| (n, ErrorStats::default())));
+    tensors.extend(
+        config
+            .state_names()
+            .into_iter()
+            .map(|n| (n, ErrorStats::default())),
+    );
     for t in 1..=steps {
         let g = problem.next_grad();
         let lr = schedule(config.lr(), t);
         gpu.write(&grads, 0, &g)?;
         gpu_opt.step_with_lr(gpu, lr)?;
-        cpu_opt.step_with_lr(ArrayViewMut1::from(&mut cpu_params[..]), ArrayView1::from(&g[..]), lr)?;
-        tensors[0].1.add(tol, t, &gpu_opt.read_params(gpu)?, &cpu_params);
+        cpu_opt.step_with_lr(
+            ArrayViewMut1::from(&mut cpu_params[..]),
+            ArrayView1::from(&g[..]),
+            lr,
+        )?;
+        tensors[0]
+            .1
+            .add(tol, t, &gpu_opt.read_params(gpu)?, &cpu_params);
         let gpu_state = gpu_opt.read_state(gpu)?;
-        for ((_, stats), ((_, got), (_, want))) in
-            tensors[1..].iter_mut().zip(gpu_state.iter().zip(cpu_opt.state()))
+        for ((_, stats), ((_, got), (_, want))) in tensors[1..]
+            .iter_mut()
+            .zip(gpu_state.iter().zip(cpu_opt.state()))
         {
             stats.add(tol, t, got, want.as_slice().expect("contiguous state"));
         }

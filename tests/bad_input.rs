@@ -2,7 +2,10 @@
 
 mod common;
 
-use fusedopt::{Adadelta, Adagrad, Adam, BufferRange, CpuOptimizer, Error, GpuOptimizer, Optimizer, Rmsprop, Sgd};
+use fusedopt::{
+    Adadelta, Adagrad, Adam, BufferRange, CpuOptimizer, Error, GpuOptimizer, Optimizer, Rmsprop,
+    Sgd,
+};
 use ndarray::{Array1, ArrayView1};
 
 fn message(config: impl Into<Optimizer>) -> String {
@@ -12,46 +15,183 @@ fn message(config: impl Into<Optimizer>) -> String {
 #[test]
 fn invalid_hyperparameters_are_rejected_naming_parameter_and_value() {
     let cases: Vec<(Optimizer, &str)> = vec![
-        (Sgd { lr: -0.1, ..Sgd::default() }.into(), "invalid lr: -0.1"),
-        (Sgd { momentum: -1.0, ..Sgd::default() }.into(), "invalid momentum: -1"),
-        (Sgd { weight_decay: -1.0, ..Sgd::default() }.into(), "invalid weight_decay: -1"),
-        (Adagrad { lr_decay: -1.0, ..Adagrad::default() }.into(), "invalid lr_decay: -1"),
-        (Adagrad { eps: -1e-10, ..Adagrad::default() }.into(), "invalid eps: -0.0000000001"),
-        (Adagrad { initial_accumulator_value: -0.1, ..Adagrad::default() }.into(), "invalid initial_accumulator_value: -0.1"),
-        (Rmsprop { alpha: -0.5, ..Rmsprop::default() }.into(), "invalid alpha: -0.5"),
-        (Rmsprop { momentum: -0.5, ..Rmsprop::default() }.into(), "invalid momentum: -0.5"),
-        (Adadelta { rho: 1.5, ..Adadelta::default() }.into(), "invalid rho: 1.5"),
-        (Adam { betas: (1.0, 0.999), ..Adam::default() }.into(), "invalid betas[0]: 1"),
-        (Adam { betas: (0.9, -0.1), ..Adam::default() }.into(), "invalid betas[1]: -0.1"),
-        (Adam { eps: -1.0, ..Adam::adamw() }.into(), "adamw: invalid eps: -1"),
-        (Adam { lr: f64::NAN, ..Adam::default() }.into(), "invalid lr: NaN"),
+        (
+            Sgd {
+                lr: -0.1,
+                ..Sgd::default()
+            }
+            .into(),
+            "invalid lr: -0.1",
+        ),
+        (
+            Sgd {
+                momentum: -1.0,
+                ..Sgd::default()
+            }
+            .into(),
+            "invalid momentum: -1",
+        ),
+        (
+            Sgd {
+                weight_decay: -1.0,
+                ..Sgd::default()
+            }
+            .into(),
+            "invalid weight_decay: -1",
+        ),
+        (
+            Adagrad {
+                lr_decay: -1.0,
+                ..Adagrad::default()
+            }
+            .into(),
+            "invalid lr_decay: -1",
+        ),
+        (
+            Adagrad {
+                eps: -1e-10,
+                ..Adagrad::default()
+            }
+            .into(),
+            "invalid eps: -0.0000000001",
+        ),
+        (
+            Adagrad {
+                initial_accumulator_value: -0.1,
+                ..Adagrad::default()
+            }
+            .into(),
+            "invalid initial_accumulator_value: -0.1",
+        ),
+        (
+            Rmsprop {
+                alpha: -0.5,
+                ..Rmsprop::default()
+            }
+            .into(),
+            "invalid alpha: -0.5",
+        ),
+        (
+            Rmsprop {
+                momentum: -0.5,
+                ..Rmsprop::default()
+            }
+            .into(),
+            "invalid momentum: -0.5",
+        ),
+        (
+            Adadelta {
+                rho: 1.5,
+                ..Adadelta::default()
+            }
+            .into(),
+            "invalid rho: 1.5",
+        ),
+        (
+            Adam {
+                betas: (1.0, 0.999),
+                ..Adam::default()
+            }
+            .into(),
+            "invalid betas[0]: 1",
+        ),
+        (
+            Adam {
+                betas: (0.9, -0.1),
+                ..Adam::default()
+            }
+            .into(),
+            "invalid betas[1]: -0.1",
+        ),
+        (
+            Adam {
+                eps: -1.0,
+                ..Adam::adamw()
+            }
+            .into(),
+            "adamw: invalid eps: -1",
+        ),
+        (
+            Adam {
+                lr: f64::NAN,
+                ..Adam::default()
+            }
+            .into(),
+            "invalid lr: NaN",
+        ),
     ];
     for (config, expected) in cases {
         let text = message(config.clone());
-        assert!(text.contains(expected), "{config:?}: {text:?} should contain {expected:?}");
+        assert!(
+            text.contains(expected),
+            "{config:?}: {text:?} should contain {expected:?}"
+        );
     }
 }
 
 #[test]
 fn nesterov_needs_momentum_and_no_dampening() {
-    let text = message(Sgd { nesterov: true, ..Sgd::default() });
-    assert!(text.contains("nesterov") && text.contains("momentum=0"), "{text}");
-    let text = message(Sgd { nesterov: true, momentum: 0.9, dampening: 0.1, ..Sgd::default() });
+    let text = message(Sgd {
+        nesterov: true,
+        ..Sgd::default()
+    });
+    assert!(
+        text.contains("nesterov") && text.contains("momentum=0"),
+        "{text}"
+    );
+    let text = message(Sgd {
+        nesterov: true,
+        momentum: 0.9,
+        dampening: 0.1,
+        ..Sgd::default()
+    });
     assert!(text.contains("dampening=0.1"), "{text}");
-    assert!(Sgd { nesterov: true, momentum: 0.9, ..Sgd::default() }.validate().is_ok(), "valid");
+    assert!(
+        Sgd {
+            nesterov: true,
+            momentum: 0.9,
+            ..Sgd::default()
+        }
+        .validate()
+        .is_ok(),
+        "valid"
+    );
 }
 
 #[test]
 fn torch_keyword_arguments_are_read_strictly() {
-    let ok = Optimizer::from_torch("AdamW", &serde_json::json!({"lr": 0.01, "betas": [0.8, 0.9], "amsgrad": true, "foreach": false})).unwrap();
-    assert_eq!(ok, Optimizer::Adam(Adam { lr: 0.01, betas: (0.8, 0.9), amsgrad: true, ..Adam::adamw() }));
-    let err = Optimizer::from_torch("adam", &serde_json::json!({"nesterov": true})).unwrap_err().to_string();
-    assert!(err.contains("unsupported hyperparameters: nesterov"), "{err}");
-    let err = Optimizer::from_torch("adam", &serde_json::json!({"betas": 0.9})).unwrap_err().to_string();
+    let ok = Optimizer::from_torch(
+        "AdamW",
+        &serde_json::json!({"lr": 0.01, "betas": [0.8, 0.9], "amsgrad": true, "foreach": false}),
+    )
+    .unwrap();
+    assert_eq!(
+        ok,
+        Optimizer::Adam(Adam {
+            lr: 0.01,
+            betas: (0.8, 0.9),
+            amsgrad: true,
+            ..Adam::adamw()
+        })
+    );
+    let err = Optimizer::from_torch("adam", &serde_json::json!({"nesterov": true}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unsupported hyperparameters: nesterov"),
+        "{err}"
+    );
+    let err = Optimizer::from_torch("adam", &serde_json::json!({"betas": 0.9}))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("betas must be a pair"), "{err}");
-    let err = Optimizer::from_torch("lion", &serde_json::json!({})).unwrap_err().to_string();
+    let err = Optimizer::from_torch("lion", &serde_json::json!({}))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown optimizer \"lion\""), "{err}");
-    let err = Optimizer::from_torch("sgd", &serde_json::json!({"lr": -1})).unwrap_err().to_string();
+    let err = Optimizer::from_torch("sgd", &serde_json::json!({"lr": -1}))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("invalid lr: -1"), "{err}");
 }
 
@@ -61,10 +201,22 @@ fn cpu_step_rejects_wrong_lengths_and_keeps_the_params() {
     let mut p = Array1::from(vec![1.0f32, 2.0, 3.0, 4.0]);
     let g = Array1::from(vec![0.1f32; 3]);
     let err = opt.step(p.view_mut(), g.view()).unwrap_err();
-    assert!(matches!(err, Error::LengthMismatch { expected: 4, got: 3, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::LengthMismatch {
+                expected: 4,
+                got: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(p.to_vec(), [1.0, 2.0, 3.0, 4.0], "params untouched");
     assert_eq!(opt.step_count(), 0, "no step counted");
-    let err = opt.step_with_lr(p.view_mut(), ArrayView1::from(&[0.1f32; 4]), -1.0).unwrap_err();
+    let err = opt
+        .step_with_lr(p.view_mut(), ArrayView1::from(&[0.1f32; 4]), -1.0)
+        .unwrap_err();
     assert!(err.to_string().contains("invalid lr: -1"), "{err}");
 }
 
@@ -74,7 +226,17 @@ fn gpu_optimizer_rejects_unusable_buffers_with_a_reason() {
     let params = gpu.upload("params", &[1.0; 128]).unwrap();
     let grads = gpu.upload("grads", &[1.0; 100]).unwrap();
     let err = GpuOptimizer::new(gpu, Adam::default(), &params, &grads).unwrap_err();
-    assert!(matches!(err, Error::LengthMismatch { expected: 128, got: 100, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::LengthMismatch {
+                expected: 128,
+                got: 100,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let uniform_only = gpu.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("not storage"),
@@ -82,25 +244,66 @@ fn gpu_optimizer_rejects_unusable_buffers_with_a_reason() {
         usage: wgpu::BufferUsages::UNIFORM,
         mapped_at_creation: false,
     });
-    let err = GpuOptimizer::new(gpu, Adam::default(), &uniform_only, &uniform_only).unwrap_err().to_string();
+    let err = GpuOptimizer::new(gpu, Adam::default(), &uniform_only, &uniform_only)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("lacks") && err.contains("STORAGE"), "{err}");
 
-    let misaligned = BufferRange { buffer: &params, offset: 1, len: 10 };
-    let err = GpuOptimizer::new(gpu, Adam::default(), misaligned, misaligned).unwrap_err().to_string();
+    let misaligned = BufferRange {
+        buffer: &params,
+        offset: 1,
+        len: 10,
+    };
+    let err = GpuOptimizer::new(gpu, Adam::default(), misaligned, misaligned)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("alignment"), "{err}");
 
-    let outside = BufferRange { buffer: &params, offset: 0, len: 129 };
-    let err = GpuOptimizer::new(gpu, Adam::default(), outside, outside).unwrap_err().to_string();
+    let outside = BufferRange {
+        buffer: &params,
+        offset: 0,
+        len: 129,
+    };
+    let err = GpuOptimizer::new(gpu, Adam::default(), outside, outside)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("outside"), "{err}");
 
-    let empty = BufferRange { buffer: &params, offset: 0, len: 0 };
-    let err = GpuOptimizer::new(gpu, Adam::default(), empty, empty).unwrap_err().to_string();
+    let empty = BufferRange {
+        buffer: &params,
+        offset: 0,
+        len: 0,
+    };
+    let err = GpuOptimizer::new(gpu, Adam::default(), empty, empty)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("at least one element"), "{err}");
 
-    let err = GpuOptimizer::new(gpu, Sgd { nesterov: true, ..Sgd::default() }, &params, &params).unwrap_err();
-    assert!(matches!(err, Error::Unsupported { optimizer: "sgd", .. }), "{err}");
+    let err = GpuOptimizer::new(
+        gpu,
+        Sgd {
+            nesterov: true,
+            ..Sgd::default()
+        },
+        &params,
+        &params,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                optimizer: "sgd",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
-    assert!(gpu.upload("empty", &[]).is_err(), "an empty upload is refused");
+    assert!(
+        gpu.upload("empty", &[]).is_err(),
+        "an empty upload is refused"
+    );
     let err = gpu.download(&params, 100, 29).unwrap_err();
     assert!(matches!(err, Error::LengthMismatch { .. }), "{err}");
     let err = gpu.write(&params, 120, &[0.0; 9]).unwrap_err();
@@ -112,7 +315,16 @@ fn buffers_beyond_the_device_limit_are_refused_before_allocation() {
     let Some(gpu) = common::gpu() else { return };
     let too_many = (gpu.limits().max_buffer_bytes / 4 + 1) as usize;
     let err = gpu.zeros("huge", too_many).unwrap_err();
-    assert!(matches!(err, Error::LimitExceeded { limit_name: "max_buffer_size", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                limit_name: "max_buffer_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -128,7 +340,13 @@ fn a_rejected_step_changes_nothing() {
     }
     assert_eq!(opt.step_count(), 0, "no step counted");
     assert_eq!(opt.read_params(gpu).unwrap(), start, "params untouched");
-    assert!(opt.read_state(gpu).unwrap().iter().all(|(_, s)| s.iter().all(|&x| x == 0.0)), "state untouched");
+    assert!(
+        opt.read_state(gpu)
+            .unwrap()
+            .iter()
+            .all(|(_, s)| s.iter().all(|&x| x == 0.0)),
+        "state untouched"
+    );
     opt.step(gpu).unwrap();
     assert_eq!(opt.step_count(), 1, "a valid step still works afterwards");
     assert_ne!(opt.read_params(gpu).unwrap(), start, "and moves the params");

@@ -18,7 +18,11 @@ fn golden_files() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     files.sort();
-    assert!(files.len() >= 10, "the golden trajectories are in {}", dir.display());
+    assert!(
+        files.len() >= 10,
+        "the golden trajectories are in {}",
+        dir.display()
+    );
     files
 }
 
@@ -27,7 +31,11 @@ fn cpu_reference_follows_every_trajectory() {
     for file in golden_files() {
         let traj = Trajectory::load(&file).unwrap();
         let stats = traj.check_cpu(&Tolerance::F32).unwrap();
-        assert_eq!(stats.compared, (traj.n * traj.steps) as u64, "every element of every step");
+        assert_eq!(
+            stats.compared,
+            (traj.n * traj.steps) as u64,
+            "every element of every step"
+        );
         assert!(stats.passed(), "{}: {stats:?}", file.display());
     }
 }
@@ -38,14 +46,22 @@ fn gpu_kernels_follow_every_trajectory() {
     for file in golden_files() {
         let traj = Trajectory::load(&file).unwrap();
         let stats = traj.check_gpu(gpu, &Tolerance::F32).unwrap();
-        assert_eq!(stats.compared, (traj.n * traj.steps) as u64, "every element of every step");
+        assert_eq!(
+            stats.compared,
+            (traj.n * traj.steps) as u64,
+            "every element of every step"
+        );
         assert!(stats.passed(), "{}: {stats:?}", file.display());
     }
 }
 
 fn fusedopt(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fusedopt")).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(env!("CARGO_BIN_EXE_fusedopt"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -54,13 +70,20 @@ fn check_command_passes_on_the_repository_copy() {
     if common::gpu().is_none() {
         return;
     }
-    let files: Vec<String> = golden_files().iter().map(|p| p.display().to_string()).collect();
+    let files: Vec<String> = golden_files()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let mut args = vec!["check"];
     args.extend(files.iter().map(String::as_str));
     let (ok, text) = fusedopt(&args);
     assert!(ok, "fusedopt check failed:\n{text}");
     assert!(text.contains("all files pass"), "{text}");
-    assert_eq!(text.matches("  gpu  ").count(), files.len(), "one GPU line per file:\n{text}");
+    assert_eq!(
+        text.matches("  gpu  ").count(),
+        files.len(),
+        "one GPU line per file:\n{text}"
+    );
 }
 
 /// Writes a copy of `source` with every recorded parameter moved by `shift` (relative), and
@@ -84,17 +107,27 @@ fn tampered_copy(source: &Path, shift: f32, name: &str, hyper: Option<&str>) -> 
     let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(k, data, shape)| {
-            (*k, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).unwrap())
+            (
+                *k,
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap(),
+            )
         })
         .collect();
-    let out = std::env::temp_dir().join(format!("fusedopt-test-{}-{name}.safetensors", std::process::id()));
+    let out = std::env::temp_dir().join(format!(
+        "fusedopt-test-{}-{name}.safetensors",
+        std::process::id()
+    ));
     safetensors::serialize_to_file(views, Some(metadata), &out).unwrap();
     out
 }
 
 #[test]
 fn check_command_fails_on_a_wrong_trajectory() {
-    let adam = golden_files().into_iter().find(|p| p.ends_with("adam.safetensors")).unwrap();
+    let adam = golden_files()
+        .into_iter()
+        .find(|p| p.ends_with("adam.safetensors"))
+        .unwrap();
     let exact = tampered_copy(&adam, 0.0, "exact", None);
     let (ok, text) = fusedopt(&["check", "--cpu-only", exact.to_str().unwrap()]);
     assert!(ok, "an unmodified copy passes:\n{text}");
@@ -102,11 +135,25 @@ fn check_command_fails_on_a_wrong_trajectory() {
     let (ok, text) = fusedopt(&["check", "--cpu-only", wrong.to_str().unwrap()]);
     assert!(!ok, "parameters off by 1e-4 relative must fail:\n{text}");
     assert!(text.contains("FAILED"), "{text}");
-    let (ok, text) = fusedopt(&["check", "--cpu-only", "--rtol", "1e-3", wrong.to_str().unwrap()]);
+    let (ok, text) = fusedopt(&[
+        "check",
+        "--cpu-only",
+        "--rtol",
+        "1e-3",
+        wrong.to_str().unwrap(),
+    ]);
     assert!(ok, "a looser tolerance accepts it:\n{text}");
-    let unknown = tampered_copy(&adam, 0.0, "unknown", Some(r#"{"lr": 0.001, "momentum_decay": 0.004}"#));
+    let unknown = tampered_copy(
+        &adam,
+        0.0,
+        "unknown",
+        Some(r#"{"lr": 0.001, "momentum_decay": 0.004}"#),
+    );
     let (ok, text) = fusedopt(&["check", "--cpu-only", unknown.to_str().unwrap()]);
-    assert!(!ok && text.contains("momentum_decay"), "an unknown hyperparameter is named:\n{text}");
+    assert!(
+        !ok && text.contains("momentum_decay"),
+        "an unknown hyperparameter is named:\n{text}"
+    );
     for p in [exact, wrong, unknown] {
         let _ = std::fs::remove_file(p);
     }
@@ -116,20 +163,33 @@ fn check_command_fails_on_a_wrong_trajectory() {
 fn other_cases_in_the_format_are_accepted() {
     // Options, sizes and schedules that are not among the recorded files: a trajectory made
     // by the CPU reference itself must parse and pass, GPU included.
-    let sgd = golden_files().into_iter().find(|p| p.ends_with("sgd_nesterov.safetensors")).unwrap();
+    let sgd = golden_files()
+        .into_iter()
+        .find(|p| p.ends_with("sgd_nesterov.safetensors"))
+        .unwrap();
     let hyper = r#"{"lr": 0.05, "momentum": 0.5, "dampening": 0.25, "weight_decay": 0.001, "maximize": true, "foreach": false}"#;
     let file = tampered_copy(&sgd, 0.0, "sgd-dampening", Some(hyper));
     let traj = Trajectory::load(&file).unwrap();
-    assert_eq!(traj.optimizer.describe(), "momentum=0.5,dampening=0.25,weight_decay=0.001,maximize");
+    assert_eq!(
+        traj.optimizer.describe(),
+        "momentum=0.5,dampening=0.25,weight_decay=0.001,maximize"
+    );
     let stats = traj.check_cpu(&Tolerance::F32).unwrap();
-    assert!(!stats.passed(), "recorded with other options, so it must not match");
+    assert!(
+        !stats.passed(),
+        "recorded with other options, so it must not match"
+    );
     let _ = std::fs::remove_file(file);
 }
 
 #[test]
 fn malformed_files_are_rejected_with_the_reason() {
-    let err = Trajectory::parse("x", b"not a safetensors file").unwrap_err().to_string();
+    let err = Trajectory::parse("x", b"not a safetensors file")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a safetensors file"), "{err}");
-    let err = Trajectory::load("/nonexistent/file.safetensors").unwrap_err().to_string();
+    let err = Trajectory::load("/nonexistent/file.safetensors")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/nonexistent/file.safetensors"), "{err}");
 }

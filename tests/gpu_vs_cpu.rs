@@ -4,7 +4,9 @@
 mod common;
 
 use fusedopt::validate::{RandomProblem, gpu_against_cpu, schedule, variants};
-use fusedopt::{Adagrad, Adam, BufferRange, CpuOptimizer, Gpu, GpuOptimizer, Optimizer, Rmsprop, Sgd, Tolerance};
+use fusedopt::{
+    Adagrad, Adam, BufferRange, CpuOptimizer, Gpu, GpuOptimizer, Optimizer, Rmsprop, Sgd, Tolerance,
+};
 use ndarray::{ArrayView1, ArrayViewMut1};
 
 fn check_all_variants(name: &str) {
@@ -21,7 +23,11 @@ fn check_all_variants(name: &str) {
                 "params and every state tensor compared"
             );
             for (tensor, stats) in &report.tensors {
-                assert_eq!(stats.compared, 3 * size as u64, "{tensor}: every element of every step");
+                assert_eq!(
+                    stats.compared,
+                    3 * size as u64,
+                    "{tensor}: every element of every step"
+                );
                 assert!(
                     stats.passed(),
                     "{} [{}] size {size}: {tensor} differs: {stats:?}",
@@ -66,11 +72,30 @@ fn adamw_variants_match_the_reference() {
 /// The configurations with the most state per optimizer.
 fn fullest_configs() -> Vec<Optimizer> {
     vec![
-        Sgd { momentum: 0.9, weight_decay: 1e-2, ..Sgd::default() }.into(),
-        Adagrad { initial_accumulator_value: 0.1, lr_decay: 0.01, ..Adagrad::default() }.into(),
-        Rmsprop { centered: true, momentum: 0.5, ..Rmsprop::default() }.into(),
+        Sgd {
+            momentum: 0.9,
+            weight_decay: 1e-2,
+            ..Sgd::default()
+        }
+        .into(),
+        Adagrad {
+            initial_accumulator_value: 0.1,
+            lr_decay: 0.01,
+            ..Adagrad::default()
+        }
+        .into(),
+        Rmsprop {
+            centered: true,
+            momentum: 0.5,
+            ..Rmsprop::default()
+        }
+        .into(),
         Optimizer::default_for("adadelta").unwrap(),
-        Adam { amsgrad: true, ..Adam::adamw() }.into(),
+        Adam {
+            amsgrad: true,
+            ..Adam::adamw()
+        }
+        .into(),
     ]
 }
 
@@ -91,25 +116,42 @@ fn nothing_outside_the_range_is_touched() {
             host[margin as usize..margin as usize + size].copy_from_slice(&problem.params);
             let params = gpu.upload("params", &host).unwrap();
             let grads = gpu.upload("grads", &vec![POISON; total]).unwrap();
-            let range = |buffer| BufferRange { buffer, offset: margin, len: size };
-            let mut opt = GpuOptimizer::new(gpu, config.clone(), range(&params), range(&grads)).unwrap();
+            let range = |buffer| BufferRange {
+                buffer,
+                offset: margin,
+                len: size,
+            };
+            let mut opt =
+                GpuOptimizer::new(gpu, config.clone(), range(&params), range(&grads)).unwrap();
             let mut cpu = CpuOptimizer::new(config.clone(), size).unwrap();
             let mut expected = problem.params.clone();
             for t in 1..=3 {
                 let g = problem.next_grad();
                 gpu.write(&grads, margin, &g).unwrap();
                 opt.step_with_lr(gpu, schedule(config.lr(), t)).unwrap();
-                cpu.step_with_lr(ArrayViewMut1::from(&mut expected[..]), ArrayView1::from(&g[..]), schedule(config.lr(), t))
-                    .unwrap();
+                cpu.step_with_lr(
+                    ArrayViewMut1::from(&mut expected[..]),
+                    ArrayView1::from(&g[..]),
+                    schedule(config.lr(), t),
+                )
+                .unwrap();
             }
             let all = gpu.download(&params, 0, total).unwrap();
             let (before, rest) = all.split_at(margin as usize);
             let (inside, after) = rest.split_at(size);
-            assert!(before.iter().chain(after).all(|&x| x == POISON), "{}: margin written", config.name());
+            assert!(
+                before.iter().chain(after).all(|&x| x == POISON),
+                "{}: margin written",
+                config.name()
+            );
             let mut stats = fusedopt::ErrorStats::default();
             stats.add(&Tolerance::F32, 3, inside, &expected);
             assert!(stats.passed(), "{} size {size}: {stats:?}", config.name());
-            assert_eq!(opt.read_params(gpu).unwrap(), inside, "read_params reads the range");
+            assert_eq!(
+                opt.read_params(gpu).unwrap(),
+                inside,
+                "read_params reads the range"
+            );
         }
     }
 }
@@ -118,30 +160,46 @@ fn nothing_outside_the_range_is_touched() {
 /// border and in the last partial chunk must match the reference.
 #[test]
 fn multi_chunk_steps_match_the_reference_at_every_border() {
-    let Some(mut gpu) = common::own_gpu() else { return };
+    let Some(mut gpu) = common::own_gpu() else {
+        return;
+    };
     let chunk_bytes = 64 << 10;
     gpu.set_max_chunk_bytes(chunk_bytes).unwrap();
     let chunk = (chunk_bytes / 4) as usize;
     let size = 3 * chunk + 1001;
     for config in fullest_configs() {
         let report = gpu_against_cpu(&gpu, &config, size, 2, 11, &Tolerance::F32).unwrap();
-        assert!(report.overall().passed(), "{}: {:?}", config.name(), report.tensors);
+        assert!(
+            report.overall().passed(),
+            "{}: {:?}",
+            config.name(),
+            report.tensors
+        );
         // The same run once more, looking at the borders explicitly.
         let mut problem = RandomProblem::new(size, 11);
         let params = gpu.upload("params", &problem.params).unwrap();
         let g = problem.next_grad();
         let grads = gpu.upload("grads", &g).unwrap();
         let mut opt = GpuOptimizer::new(&gpu, config.clone(), &params, &grads).unwrap();
-        assert_eq!(opt.dispatches_per_step(), 4, "three full chunks and a partial one");
+        assert_eq!(
+            opt.dispatches_per_step(),
+            4,
+            "three full chunks and a partial one"
+        );
         opt.step(&gpu).unwrap();
         let mut cpu = CpuOptimizer::new(config.clone(), size).unwrap();
         let mut expected = problem.params.clone();
-        cpu.step(ArrayViewMut1::from(&mut expected[..]), ArrayView1::from(&g[..])).unwrap();
+        cpu.step(
+            ArrayViewMut1::from(&mut expected[..]),
+            ArrayView1::from(&g[..]),
+        )
+        .unwrap();
         let got = opt.read_params(&gpu).unwrap();
         for border in [chunk, 2 * chunk, 3 * chunk] {
             for i in [border - 1, border] {
                 assert!(
-                    Tolerance::F32.ratio(got[i], expected[i]) <= 1.0 && got[i] != problem.params[i] || g[i] == 0.0,
+                    Tolerance::F32.ratio(got[i], expected[i]) <= 1.0 && got[i] != problem.params[i]
+                        || g[i] == 0.0,
                     "{} element {i} at a chunk border: {} vs {}",
                     config.name(),
                     got[i],
@@ -149,7 +207,10 @@ fn multi_chunk_steps_match_the_reference_at_every_border() {
                 );
             }
         }
-        assert!(Tolerance::F32.ratio(got[size - 1], expected[size - 1]) <= 1.0, "last element");
+        assert!(
+            Tolerance::F32.ratio(got[size - 1], expected[size - 1]) <= 1.0,
+            "last element"
+        );
     }
 }
 
@@ -158,7 +219,12 @@ fn multi_chunk_steps_match_the_reference_at_every_border() {
 #[test]
 fn steps_recorded_into_one_encoder_equal_separate_steps() {
     let Some(gpu) = common::gpu() else { return };
-    let config: Optimizer = Adam { amsgrad: true, weight_decay: 0.1, ..Adam::adamw() }.into();
+    let config: Optimizer = Adam {
+        amsgrad: true,
+        weight_decay: 0.1,
+        ..Adam::adamw()
+    }
+    .into();
     let size = 4099;
     let problem = RandomProblem::new(size, 3);
     let g: Vec<f32> = (0..size).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
@@ -167,7 +233,8 @@ fn steps_recorded_into_one_encoder_equal_separate_steps() {
     let mut opt = GpuOptimizer::new(gpu, config.clone(), &params, &grads).unwrap();
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
     for t in 1..=5 {
-        opt.record_step_with_lr(gpu, &mut encoder, schedule(0.1, t)).unwrap();
+        opt.record_step_with_lr(gpu, &mut encoder, schedule(0.1, t))
+            .unwrap();
     }
     gpu.queue().submit([encoder.finish()]);
     assert_eq!(opt.step_count(), 5, "five steps recorded");
@@ -175,11 +242,20 @@ fn steps_recorded_into_one_encoder_equal_separate_steps() {
     let mut cpu = CpuOptimizer::new(config, size).unwrap();
     let mut expected = problem.params.clone();
     for t in 1..=5 {
-        cpu.step_with_lr(ArrayViewMut1::from(&mut expected[..]), ArrayView1::from(&g[..]), schedule(0.1, t))
-            .unwrap();
+        cpu.step_with_lr(
+            ArrayViewMut1::from(&mut expected[..]),
+            ArrayView1::from(&g[..]),
+            schedule(0.1, t),
+        )
+        .unwrap();
     }
     let mut stats = fusedopt::ErrorStats::default();
-    stats.add(&Tolerance::F32, 5, &opt.read_params(gpu).unwrap(), &expected);
+    stats.add(
+        &Tolerance::F32,
+        5,
+        &opt.read_params(gpu).unwrap(),
+        &expected,
+    );
     assert!(stats.passed(), "{stats:?}");
     for ((name, got), (_, want)) in opt.read_state(gpu).unwrap().iter().zip(cpu.state()) {
         let mut s = fusedopt::ErrorStats::default();
@@ -194,20 +270,60 @@ fn state_is_initialized_and_sized_like_pytorch() {
     let Some(gpu) = common::gpu() else { return };
     let params = gpu.upload("params", &[1.0; 300]).unwrap();
     let grads = gpu.upload("grads", &[0.5; 300]).unwrap();
-    let adagrad = Adagrad { initial_accumulator_value: 0.25, ..Adagrad::default() };
+    let adagrad = Adagrad {
+        initial_accumulator_value: 0.25,
+        ..Adagrad::default()
+    };
     let opt = GpuOptimizer::new(gpu, adagrad, &params, &grads).unwrap();
     let state = opt.read_state(gpu).unwrap();
     assert_eq!(state.len(), 1, "adagrad keeps state_sum only");
     assert_eq!(state[0].0, "state_sum", "PyTorch's name");
-    assert!(state[0].1.iter().all(|&x| x == 0.25), "initial_accumulator_value");
+    assert!(
+        state[0].1.iter().all(|&x| x == 0.25),
+        "initial_accumulator_value"
+    );
 
     let plain_sgd = GpuOptimizer::new(gpu, Sgd::default(), &params, &grads).unwrap();
-    assert!(plain_sgd.read_state(gpu).unwrap().is_empty(), "SGD without momentum keeps no state");
-    let names = |c: Optimizer| GpuOptimizer::new(gpu, c, &params, &grads).unwrap().read_state(gpu).unwrap()
-        .into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-    assert_eq!(names(Rmsprop { momentum: 0.9, ..Rmsprop::default() }.into()), ["square_avg", "momentum_buffer"], "rmsprop momentum");
-    assert_eq!(names(Adam::default().into()), ["exp_avg", "exp_avg_sq"], "adam");
-    assert_eq!(names(Adam { amsgrad: true, ..Adam::default() }.into()), ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], "amsgrad");
+    assert!(
+        plain_sgd.read_state(gpu).unwrap().is_empty(),
+        "SGD without momentum keeps no state"
+    );
+    let names = |c: Optimizer| {
+        GpuOptimizer::new(gpu, c, &params, &grads)
+            .unwrap()
+            .read_state(gpu)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            Rmsprop {
+                momentum: 0.9,
+                ..Rmsprop::default()
+            }
+            .into()
+        ),
+        ["square_avg", "momentum_buffer"],
+        "rmsprop momentum"
+    );
+    assert_eq!(
+        names(Adam::default().into()),
+        ["exp_avg", "exp_avg_sq"],
+        "adam"
+    );
+    assert_eq!(
+        names(
+            Adam {
+                amsgrad: true,
+                ..Adam::default()
+            }
+            .into()
+        ),
+        ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+        "amsgrad"
+    );
 }
 
 /// A caller's own device and queue work the same as one fusedopt creates.
@@ -215,7 +331,11 @@ fn state_is_initialized_and_sized_like_pytorch() {
 fn a_borrowed_device_steps_like_an_owned_one() {
     let Some(owned) = common::gpu() else { return };
     let borrowed = Gpu::from_device(owned.device().clone(), owned.queue().clone());
-    let config: Optimizer = Rmsprop { centered: true, ..Rmsprop::default() }.into();
+    let config: Optimizer = Rmsprop {
+        centered: true,
+        ..Rmsprop::default()
+    }
+    .into();
     let report = gpu_against_cpu(&borrowed, &config, 1000, 3, 5, &Tolerance::F32).unwrap();
     assert!(report.overall().passed(), "{:?}", report.tensors);
 }
@@ -232,10 +352,26 @@ fn a_different_update_is_detected() {
     let grads = gpu.upload("grads", &g).unwrap();
     let mut opt = GpuOptimizer::new(gpu, Adam::default(), &params, &grads).unwrap();
     opt.step(gpu).unwrap();
-    let mut cpu = CpuOptimizer::new(Adam { eps_in_sqrt: true, ..Adam::default() }, size).unwrap();
+    let mut cpu = CpuOptimizer::new(
+        Adam {
+            eps_in_sqrt: true,
+            ..Adam::default()
+        },
+        size,
+    )
+    .unwrap();
     let mut expected = problem.params.clone();
-    cpu.step(ArrayViewMut1::from(&mut expected[..]), ArrayView1::from(&g[..])).unwrap();
+    cpu.step(
+        ArrayViewMut1::from(&mut expected[..]),
+        ArrayView1::from(&g[..]),
+    )
+    .unwrap();
     let mut stats = fusedopt::ErrorStats::default();
-    stats.add(&Tolerance::F32, 1, &opt.read_params(gpu).unwrap(), &expected);
+    stats.add(
+        &Tolerance::F32,
+        1,
+        &opt.read_params(gpu).unwrap(),
+        &expected,
+    );
     assert!(!stats.passed(), "eps placement must be visible: {stats:?}");
 }

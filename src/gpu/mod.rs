@@ -3,7 +3,7 @@
 
 mod optimizer;
 
-pub use optimizer::{BufferRange, GpuOptimizer};
+pub use optimizer::{BufferRange, GpuOptimizer, STEPS_PER_SUBMISSION};
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -35,7 +35,9 @@ impl GpuOptions {
     pub fn from_env() -> Self {
         Self {
             backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
-            adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty()),
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
         }
     }
 }
@@ -61,7 +63,7 @@ pub struct DeviceLimits {
 impl DeviceLimits {
     fn from_wgpu(limits: &wgpu::Limits) -> Self {
         let align = u64::from(limits.min_storage_buffer_offset_alignment);
-        let max_binding = u64::from(limits.max_storage_buffer_binding_size);
+        let max_binding = limits.max_storage_buffer_binding_size;
         Self {
             max_binding_bytes: max_binding,
             max_buffer_bytes: limits.max_buffer_size,
@@ -138,10 +140,11 @@ impl Gpu {
             *lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(text);
         });
         let uncaptured = Arc::clone(&gpu.uncaptured);
-        gpu.device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
-            let mut slot = uncaptured.lock().unwrap_or_else(PoisonError::into_inner);
-            slot.get_or_insert_with(|| error.to_string());
-        }));
+        gpu.device
+            .on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+                let mut slot = uncaptured.lock().unwrap_or_else(PoisonError::into_inner);
+                slot.get_or_insert_with(|| error.to_string());
+            }));
         Ok(gpu)
     }
 
@@ -197,7 +200,7 @@ impl Gpu {
     /// most the device's limit.
     pub fn set_max_chunk_bytes(&mut self, bytes: u64) -> Result<()> {
         let align = u64::from(self.limits.storage_offset_alignment);
-        if bytes == 0 || bytes % align != 0 || bytes > self.limits.max_binding_bytes {
+        if bytes == 0 || !bytes.is_multiple_of(align) || bytes > self.limits.max_binding_bytes {
             return Err(Error::Unsupported {
                 optimizer: "fusedopt",
                 message: format!(
@@ -217,10 +220,20 @@ impl Gpu {
 
     /// Fails if the device was lost or an error escaped every scope.
     fn check_health(&self) -> Result<()> {
-        if let Some(reason) = self.lost.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        if let Some(reason) = self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
             return Err(Error::DeviceLost(reason));
         }
-        if let Some(message) = self.uncaptured.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(message) = self
+            .uncaptured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             return Err(Error::Wgpu {
                 context: "an earlier operation".into(),
                 message,
@@ -256,30 +269,51 @@ impl Gpu {
     /// Waits until the submission has run, with the timeout; a lost device is an `Err`, not a
     /// panic.
     pub(crate) fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
-        let poll = catch_unwind(AssertUnwindSafe(|| {
-            self.device.poll(wgpu::PollType::Wait {
-                submission_index: Some(submission),
-                timeout: Some(self.timeout),
-            })
-        }));
+        self.poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: Some(self.timeout),
+        })
+    }
+
+    /// `Device::poll`, with a panic inside wgpu (a lost device) turned into an `Err`.
+    fn poll(&self, poll_type: wgpu::PollType) -> Result<()> {
+        let poll = catch_unwind(AssertUnwindSafe(|| self.device.poll(poll_type)));
         match poll {
             Ok(Ok(_)) => self.check_health(),
             Ok(Err(wgpu::PollError::Timeout)) => Err(Error::Timeout(self.timeout)),
             Ok(Err(e)) => Err(Error::DeviceLost(e.to_string())),
-            Err(_) => Err(Error::DeviceLost("the device panicked while polling".into())),
+            Err(_) => Err(Error::DeviceLost(
+                "the device panicked while polling".into(),
+            )),
         }
     }
 
     /// Submits the encoder's commands and waits for them.
-    pub(crate) fn submit_and_wait(&self, context: &str, encoder: wgpu::CommandEncoder) -> Result<()> {
+    pub(crate) fn submit_and_wait(
+        &self,
+        context: &str,
+        encoder: wgpu::CommandEncoder,
+    ) -> Result<()> {
         let submission = self.scoped(context, || self.queue.submit([encoder.finish()]))?;
         self.wait(submission)
     }
 
     /// The kernel for `shader` with these overrides, compiled once per device.
-    pub(crate) fn kernel(&self, shader: Shader, overrides: &[(&'static str, f64)]) -> Result<Arc<Kernel>> {
-        let key = (shader, overrides.iter().map(|(k, v)| (*k, v.to_bits())).collect());
-        if let Some(kernel) = self.kernels.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+    pub(crate) fn kernel(
+        &self,
+        shader: Shader,
+        overrides: &[(&'static str, f64)],
+    ) -> Result<Arc<Kernel>> {
+        let key = (
+            shader,
+            overrides.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
+        );
+        if let Some(kernel) = self
+            .kernels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
             return Ok(Arc::clone(kernel));
         }
         let kernel = Arc::new(Kernel::build(self, shader, overrides)?);
@@ -305,7 +339,7 @@ impl Gpu {
 
     /// Creates a storage buffer of `len` zeros (f32), usable for parameters, gradients or state.
     pub fn zeros(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
-        let bytes = (len as u64).checked_mul(4).unwrap_or(u64::MAX);
+        let bytes = (len as u64).saturating_mul(4);
         self.check_buffer_size(label, bytes)?;
         self.scoped(&format!("allocating {label}"), || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -350,12 +384,19 @@ impl Gpu {
             });
         }
         self.scoped("writing a buffer", || {
-            self.queue.write_buffer(buffer, offset * 4, bytemuck::cast_slice(data));
+            self.queue
+                .write_buffer(buffer, offset * 4, bytemuck::cast_slice(data));
         })
     }
 
     /// Fills `len` elements of `buffer` from element `offset` with `value`, in bounded pieces.
-    pub(crate) fn fill(&self, buffer: &wgpu::Buffer, offset: u64, len: u64, value: f32) -> Result<()> {
+    pub(crate) fn fill(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: u64,
+        value: f32,
+    ) -> Result<()> {
         let piece = (TRANSFER_CHUNK_BYTES / 4).min(len) as usize;
         let values = vec![value; piece];
         let mut done = 0;
@@ -422,10 +463,22 @@ impl Gpu {
             what: "buffer".into(),
             message,
         };
-        receiver
-            .try_recv()
-            .map_err(|_| readback("the map callback did not run".into()))?
-            .map_err(|e| readback(e.to_string()))?;
+        // Another thread polling the same device may be the one to run the callback, a moment
+        // after our wait returned: keep polling until it arrives or the timeout passes.
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mapped = loop {
+            match receiver.try_recv() {
+                Ok(result) => break result,
+                Err(_) if std::time::Instant::now() > deadline => {
+                    return Err(Error::Timeout(self.timeout));
+                }
+                Err(_) => {
+                    self.poll(wgpu::PollType::Poll)?;
+                    std::thread::yield_now();
+                }
+            }
+        };
+        mapped.map_err(|e| readback(e.to_string()))?;
         {
             let view = staging
                 .get_mapped_range(..bytes)
@@ -443,11 +496,16 @@ fn choose_adapter(options: &GpuOptions) -> Result<wgpu::Adapter> {
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     descriptor.backends = options.backends;
     // fusedopt never dispatches indirectly; without this flag wgpu caps buffers at 4 GiB.
-    descriptor.flags.remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
+    descriptor
+        .flags
+        .remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
     let instance = wgpu::Instance::new(descriptor);
     let mut adapters = pollster::block_on(instance.enumerate_adapters(options.backends));
     adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
-    let names: Vec<String> = adapters.iter().map(|a| describe_adapter(&a.get_info())).collect();
+    let names: Vec<String> = adapters
+        .iter()
+        .map(|a| describe_adapter(&a.get_info()))
+        .collect();
     let chosen = match &options.adapter_name {
         Some(wanted) => {
             let wanted_lower = wanted.to_lowercase();

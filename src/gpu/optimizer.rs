@@ -113,7 +113,8 @@ impl GpuOptimizer {
         }
 
         let uniform_size = rule.shader().uniform_struct().1 as u64;
-        let uniform_stride = uniform_size.next_multiple_of(u64::from(gpu.limits().uniform_offset_alignment));
+        let uniform_stride =
+            uniform_size.next_multiple_of(u64::from(gpu.limits().uniform_offset_alignment));
         let uniform = gpu.scoped("allocating the uniform ring", || {
             gpu.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{name}/scalars")),
@@ -136,7 +137,11 @@ impl GpuOptimizer {
                     let binding = match entry {
                         Some((_, buffer)) => elements(buffer, start, n),
                         // One placeholder per unused binding, in order.
-                        None => elements(placeholder.next().expect("one placeholder per unused slot"), 0, 1),
+                        None => elements(
+                            placeholder.next().expect("one placeholder per unused slot"),
+                            0,
+                            1,
+                        ),
                     };
                     (FIRST_STATE_BINDING + k as u32, binding)
                 })
@@ -153,7 +158,11 @@ impl GpuOptimizer {
                 entry(1, elements(params.buffer, params.offset + start, n)),
                 entry(2, elements(grads.buffer, grads.offset + start, n)),
             ];
-            entries.extend(state_bindings.into_iter().map(|(b, binding)| entry(b, binding)));
+            entries.extend(
+                state_bindings
+                    .into_iter()
+                    .map(|(b, binding)| entry(b, binding)),
+            );
             let bind_group = gpu.scoped("creating bind groups", || {
                 gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(&format!("{name}/chunk@{start}")),
@@ -219,19 +228,13 @@ impl GpuOptimizer {
         encoder: &mut wgpu::CommandEncoder,
         lr: f64,
     ) -> Result<()> {
-        if !(lr >= 0.0) {
-            return Err(Error::InvalidHyperparameter {
-                optimizer: self.config.name(),
-                name: "lr",
-                value: lr,
-                requirement: "must be >= 0",
-            });
-        }
+        crate::optim::non_negative(self.config.name(), "lr", lr)?;
         let step = self.step + 1;
         let scalars: UniformBlock = self.config.rule().uniform(step, lr);
         let slot_offset = (step % STEPS_PER_SUBMISSION) * self.uniform_stride;
         gpu.scoped("recording an optimizer step", || {
-            gpu.queue().write_buffer(&self.uniform, slot_offset, scalars.as_bytes());
+            gpu.queue()
+                .write_buffer(&self.uniform, slot_offset, scalars.as_bytes());
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(self.config.name()),
                 timestamp_writes: None,
@@ -255,9 +258,11 @@ impl GpuOptimizer {
     /// left as it was.
     pub fn step_with_lr(&mut self, gpu: &Gpu, lr: f64) -> Result<()> {
         let before = self.step;
-        let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("fusedopt/step"),
-        });
+        let mut encoder = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fusedopt/step"),
+            });
         self.record_step_with_lr(gpu, &mut encoder, lr)?;
         gpu.submit_and_wait("running an optimizer step", encoder)
             .inspect_err(|_| self.step = before)
@@ -293,7 +298,12 @@ fn entry(binding: u32, buffer: wgpu::BufferBinding<'_>) -> wgpu::BindGroupEntry<
 }
 
 /// A range must be non-empty, inside its buffer, aligned, and have the usage the kernel needs.
-fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>, usage: wgpu::BufferUsages) -> Result<()> {
+fn check_range(
+    gpu: &Gpu,
+    what: &str,
+    range: &BufferRange<'_>,
+    usage: wgpu::BufferUsages,
+) -> Result<()> {
     let invalid = |message: String| Error::InvalidBuffer {
         what: what.to_string(),
         message,
@@ -313,7 +323,7 @@ fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>, usage: wgpu::Buff
         )));
     }
     let align = u64::from(gpu.limits().storage_offset_alignment);
-    if (range.offset * 4) % align != 0 {
+    if !(range.offset * 4).is_multiple_of(align) {
         return Err(invalid(format!(
             "offset {} bytes is not a multiple of the storage offset alignment {align}",
             range.offset * 4

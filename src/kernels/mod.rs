@@ -5,7 +5,9 @@ use std::num::NonZeroU64;
 
 use crate::Result;
 use crate::gpu::Gpu;
-use crate::optim::{Optimizer, AdadeltaScalars, AdagradScalars, AdamScalars, RmspropScalars, SgdScalars};
+use crate::optim::{
+    AdadeltaScalars, AdagradScalars, AdamScalars, Optimizer, RmspropScalars, SgdScalars,
+};
 
 /// WGSL shared by every kernel: bindings 1 and 2, indexing and the common update pieces.
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
@@ -37,7 +39,13 @@ pub enum Shader {
 
 impl Shader {
     /// Every shader, for tests and tools.
-    pub const ALL: [Shader; 5] = [Self::Sgd, Self::Adagrad, Self::Rmsprop, Self::Adadelta, Self::Adam];
+    pub const ALL: [Shader; 5] = [
+        Self::Sgd,
+        Self::Adagrad,
+        Self::Rmsprop,
+        Self::Adadelta,
+        Self::Adam,
+    ];
 
     /// File stem of the shader.
     pub fn name(self) -> &'static str {
@@ -90,7 +98,12 @@ impl Shader {
 
 /// Names of the override constants the host sets for `config` (besides `WORKGROUP_SIZE`).
 pub fn override_names(config: &Optimizer) -> Vec<&'static str> {
-    config.rule().overrides().into_iter().map(|(name, _)| name).collect()
+    config
+        .rule()
+        .overrides()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// A compiled kernel: pipeline and the bind-group layout its bind groups are made against.
@@ -103,7 +116,11 @@ pub(crate) struct Kernel {
 impl Kernel {
     /// Compiles `shader` with the given override constants (plus `WORKGROUP_SIZE`), inside
     /// error scopes so that a failure is an `Err`, not a panic.
-    pub(crate) fn build(gpu: &Gpu, shader: Shader, overrides: &[(&'static str, f64)]) -> Result<Self> {
+    pub(crate) fn build(
+        gpu: &Gpu,
+        shader: Shader,
+        overrides: &[(&'static str, f64)],
+    ) -> Result<Self> {
         let device = gpu.device();
         let label = shader.name();
         gpu.scoped(&format!("building the {label} kernel"), || {
@@ -134,10 +151,7 @@ impl Kernel {
                 },
                 cache: None,
             });
-            Self {
-                pipeline,
-                layout,
-            }
+            Self { pipeline, layout }
         })
     }
 }
@@ -185,11 +199,20 @@ mod tests {
 
     #[test]
     fn workgroups_cover_every_element_in_two_dimensions() {
-        for (len, max) in [(1, 65535), (256, 65535), (257, 65535), (300_000_000, 65535), (10_000, 7)] {
+        for (len, max) in [
+            (1, 65535),
+            (256, 65535),
+            (257, 65535),
+            (300_000_000, 65535),
+            (10_000, 7),
+        ] {
             let (x, y) = workgroups(len, max);
             assert!(x <= max, "x within the limit for {len}");
             let threads = u64::from(x) * u64::from(y) * u64::from(WORKGROUP_SIZE);
-            assert!(threads >= u64::from(len), "{len} elements covered by {x}x{y} groups");
+            assert!(
+                threads >= u64::from(len),
+                "{len} elements covered by {x}x{y} groups"
+            );
             assert!(
                 threads < u64::from(len) + u64::from(x) * u64::from(WORKGROUP_SIZE),
                 "at most one partial row for {len}"

@@ -1,6 +1,9 @@
 //! Adadelta: step sizes from running averages of squared gradients and squared updates.
 
-use super::{StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative, require};
+use super::{
+    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative,
+    require,
+};
 use crate::kernels::Shader;
 use crate::{Error, Result};
 
@@ -64,7 +67,13 @@ impl Adadelta {
     /// Rejects what `torch.optim.Adadelta.__init__` rejects.
     pub fn validate(&self) -> Result<()> {
         non_negative(NAME, "lr", self.lr)?;
-        require(NAME, "rho", self.rho, (0.0..=1.0).contains(&self.rho), "must be in [0, 1]")?;
+        require(
+            NAME,
+            "rho",
+            self.rho,
+            (0.0..=1.0).contains(&self.rho),
+            "must be in [0, 1]",
+        )?;
         non_negative(NAME, "eps", self.eps)?;
         non_negative(NAME, "weight_decay", self.weight_decay)
     }

@@ -1,8 +1,10 @@
 //! Adagrad: per-coordinate step sizes from the running sum of squared gradients.
 
-use super::{StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative};
-use crate::kernels::Shader;
+use super::{
+    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative,
+};
 use crate::Result;
+use crate::kernels::Shader;
 
 /// `torch.optim.Adagrad` (PyTorch defaults), [Duchi et al. 2011](https://jmlr.org/papers/v12/duchi11a.html):
 ///
@@ -66,7 +68,11 @@ impl Adagrad {
         non_negative(NAME, "lr", self.lr)?;
         non_negative(NAME, "lr_decay", self.lr_decay)?;
         non_negative(NAME, "weight_decay", self.weight_decay)?;
-        non_negative(NAME, "initial_accumulator_value", self.initial_accumulator_value)?;
+        non_negative(
+            NAME,
+            "initial_accumulator_value",
+            self.initial_accumulator_value,
+        )?;
         non_negative(NAME, "eps", self.eps)
     }
 
@@ -85,7 +91,10 @@ impl Adagrad {
         h.number("lr", &mut self.lr)?;
         h.number("lr_decay", &mut self.lr_decay)?;
         h.number("weight_decay", &mut self.weight_decay)?;
-        h.number("initial_accumulator_value", &mut self.initial_accumulator_value)?;
+        h.number(
+            "initial_accumulator_value",
+            &mut self.initial_accumulator_value,
+        )?;
         h.number("eps", &mut self.eps)?;
         h.boolean("eps_in_sqrt", &mut self.eps_in_sqrt)?;
         h.boolean("maximize", &mut self.maximize)
@@ -97,9 +106,16 @@ impl Adagrad {
             &[
                 ("lr_decay", self.lr_decay, d.lr_decay),
                 ("weight_decay", self.weight_decay, d.weight_decay),
-                ("initial_accumulator_value", self.initial_accumulator_value, d.initial_accumulator_value),
+                (
+                    "initial_accumulator_value",
+                    self.initial_accumulator_value,
+                    d.initial_accumulator_value,
+                ),
             ],
-            &[("eps_in_sqrt", self.eps_in_sqrt), ("maximize", self.maximize)],
+            &[
+                ("eps_in_sqrt", self.eps_in_sqrt),
+                ("maximize", self.maximize),
+            ],
         )
     }
 }

@@ -1,8 +1,11 @@
 //! Adam, with AMSGrad and with coupled (L2) or decoupled (AdamW) weight decay.
 
-use super::{StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, in_unit_interval, non_negative};
-use crate::kernels::Shader;
+use super::{
+    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader,
+    in_unit_interval, non_negative,
+};
 use crate::Result;
+use crate::kernels::Shader;
 
 /// `torch.optim.Adam` (PyTorch defaults), [Kingma & Ba 2015](https://arxiv.org/abs/1412.6980);
 /// with `decoupled_weight_decay` it is `torch.optim.AdamW` ([`Adam::adamw`]). At step t:
@@ -93,7 +96,11 @@ impl Adam {
 
     /// `adamw` when the weight decay is decoupled, `adam` otherwise.
     pub fn name(&self) -> &'static str {
-        if self.decoupled_weight_decay { "adamw" } else { "adam" }
+        if self.decoupled_weight_decay {
+            "adamw"
+        } else {
+            "adam"
+        }
     }
 
     /// The scalars of step `step` (1-based) at learning rate `lr`. The bias corrections are
@@ -139,7 +146,11 @@ impl Adam {
     }
 
     pub(super) fn describe(&self) -> String {
-        let d = if self.decoupled_weight_decay { Self::adamw() } else { Self::default() };
+        let d = if self.decoupled_weight_decay {
+            Self::adamw()
+        } else {
+            Self::default()
+        };
         describe_fields(
             &[
                 ("beta1", self.betas.0, d.betas.0),

@@ -32,7 +32,11 @@ mod tests {
     #[test]
     fn adamw_decays_before_the_step_with_the_scheduled_lr() {
         let s = Adam::adamw().scalars(1, 0.5);
-        assert_eq!(s.decay_factor, (1.0 - 0.5 * 1e-2) as f32, "decay factor uses the step's lr");
+        assert_eq!(
+            s.decay_factor,
+            (1.0 - 0.5 * 1e-2) as f32,
+            "decay factor uses the step's lr"
+        );
         assert_eq!(s.weight_decay, 0.0, "no L2 term for AdamW");
     }
 }

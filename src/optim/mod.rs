@@ -16,8 +16,8 @@ pub use adam::{Adam, AdamScalars};
 pub use rmsprop::{Rmsprop, RmspropScalars};
 pub use sgd::{Sgd, SgdScalars};
 
-use crate::{Error, Result};
 use crate::kernels::Shader;
+use crate::{Error, Result};
 
 /// One optimizer with its hyperparameters. AdamW is [`Adam`] with decoupled weight decay
 /// (see [`Adam::adamw`]), as in PyTorch.
@@ -246,7 +246,13 @@ pub(crate) fn in_unit_interval(
     name: &'static str,
     value: f64,
 ) -> Result<()> {
-    require(optimizer, name, value, (0.0..1.0).contains(&value), "must be in [0, 1)")
+    require(
+        optimizer,
+        name,
+        value,
+        (0.0..1.0).contains(&value),
+        "must be in [0, 1)",
+    )
 }
 
 /// Override constant value of a boolean.
@@ -261,7 +267,12 @@ pub(crate) fn describe_fields(fields: &[(&str, f64, f64)], flags: &[(&str, bool)
         .filter(|(_, value, default)| value != default)
         .map(|(name, value, _)| format!("{name}={value}"))
         .collect();
-    parts.extend(flags.iter().filter(|(_, on)| *on).map(|(name, _)| name.to_string()));
+    parts.extend(
+        flags
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| name.to_string()),
+    );
     if parts.is_empty() {
         "defaults".to_string()
     } else {

@@ -1,8 +1,10 @@
 //! RMSprop: plain, centered, and with momentum.
 
-use super::{StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative};
-use crate::kernels::Shader;
+use super::{
+    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative,
+};
 use crate::Result;
+use crate::kernels::Shader;
 
 /// `torch.optim.RMSprop` (PyTorch defaults), Hinton's lecture 6e:
 ///

@@ -1,6 +1,8 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov momentum.
 
-use super::{StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative};
+use super::{
+    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative,
+};
 use crate::kernels::Shader;
 use crate::{Error, Result};
 

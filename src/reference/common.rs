@@ -23,5 +23,9 @@ pub(super) fn torch_lerp(start: f32, end: f32, weight: f32, one_minus_weight: f3
 
 /// `denominator` in common.wgsl.
 pub(super) fn denominator(eps_in_sqrt: bool, s: f32, eps: f32) -> f32 {
-    if eps_in_sqrt { (s + eps).sqrt() } else { s.sqrt() + eps }
+    if eps_in_sqrt {
+        (s + eps).sqrt()
+    } else {
+        s.sqrt() + eps
+    }
 }

@@ -65,7 +65,11 @@ impl CpuOptimizer {
     }
 
     /// One step at the configured learning rate.
-    pub fn step(&mut self, params: ArrayViewMut1<'_, f32>, grads: ArrayView1<'_, f32>) -> Result<()> {
+    pub fn step(
+        &mut self,
+        params: ArrayViewMut1<'_, f32>,
+        grads: ArrayView1<'_, f32>,
+    ) -> Result<()> {
         self.step_with_lr(params, grads, self.config.lr())
     }
 
@@ -86,20 +90,16 @@ impl CpuOptimizer {
                 });
             }
         }
-        if !(lr >= 0.0) {
-            return Err(Error::InvalidHyperparameter {
-                optimizer: self.config.name(),
-                name: "lr",
-                value: lr,
-                requirement: "must be >= 0",
-            });
-        }
+        crate::optim::non_negative(self.config.name(), "lr", lr)?;
         self.step += 1;
         let t = self.step;
         let mut state: Vec<Option<&mut [f32]>> = self
             .state
             .iter_mut()
-            .map(|s| s.as_mut().map(|(_, a)| a.as_slice_mut().expect("state is contiguous")))
+            .map(|s| {
+                s.as_mut()
+                    .map(|(_, a)| a.as_slice_mut().expect("state is contiguous"))
+            })
             .collect();
         let p = &mut params;
         match &self.config {
@@ -126,5 +126,7 @@ impl CpuOptimizer {
 /// The state slice in binding slot `k`; the configuration guarantees it exists whenever the
 /// code path that reads it is on.
 fn slot<'s>(state: &'s mut [Option<&mut [f32]>], k: usize) -> &'s mut [f32] {
-    state[k].as_deref_mut().expect("state allocated for the enabled code path")
+    state[k]
+        .as_deref_mut()
+        .expect("state allocated for the enabled code path")
 }
