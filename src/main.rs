@@ -157,8 +157,33 @@ fn info() -> fusedopt::Result<bool> {
         gpu.limits().chunk_elements()
     );
     println!();
-    let adapter_features = gpu.device().features();
-    println!("features on the device: {adapter_features:?}");
+    // Features that matter to optimizer kernels: timing, half precision, push constants.
+    let relevant = [
+        ("TIMESTAMP_QUERY", wgpu::Features::TIMESTAMP_QUERY),
+        (
+            "TIMESTAMP_QUERY_INSIDE_PASSES",
+            wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+        ),
+        ("SHADER_F16", wgpu::Features::SHADER_F16),
+        ("SHADER_F64", wgpu::Features::SHADER_F64),
+        ("SUBGROUP", wgpu::Features::SUBGROUP),
+        ("IMMEDIATES", wgpu::Features::IMMEDIATES),
+        ("PIPELINE_CACHE", wgpu::Features::PIPELINE_CACHE),
+    ];
+    println!("features (offered by the adapter / enabled on the device)");
+    for (name, feature) in relevant {
+        let offered = match gpu.adapter_features() {
+            Some(f) if f.contains(feature) => "yes",
+            Some(_) => "no",
+            None => "?",
+        };
+        let enabled = if gpu.features().contains(feature) {
+            "yes"
+        } else {
+            "no"
+        };
+        println!("  {name:<38} {offered:>3} / {enabled}");
+    }
     let all =
         fusedopt::gpu::list_adapters(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()));
     println!();

@@ -7,8 +7,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fusedopt::Tolerance;
+use std::collections::HashMap;
+
 use fusedopt::golden::Trajectory;
+use fusedopt::validate::RandomProblem;
+use fusedopt::{CpuOptimizer, Optimizer, Tolerance};
+use ndarray::{ArrayView1, ArrayViewMut1};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
 
 fn golden_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -86,31 +92,26 @@ fn check_command_passes_on_the_repository_copy() {
     );
 }
 
-/// Writes a copy of `source` with every recorded parameter moved by `shift` (relative), and
-/// optionally other metadata.
-fn tampered_copy(source: &Path, shift: f32, name: &str, hyper: Option<&str>) -> PathBuf {
-    let bytes = std::fs::read(source).unwrap();
-    let traj = Trajectory::parse("source", &bytes).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let mut metadata = meta.metadata().clone().unwrap();
-    if let Some(h) = hyper {
-        metadata.insert("hyper".into(), h.into());
-    }
-    let params: Vec<f32> = traj.params.iter().map(|x| x * (1.0 + shift)).collect();
+/// Writes a trajectory file in the format of tests/golden/FORMAT.md.
+fn write_trajectory(
+    name: &str,
+    metadata: HashMap<String, String>,
+    traj: &Trajectory,
+    params: &[f32],
+) -> PathBuf {
     let as_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let tensors = [
         ("params0", as_bytes(&traj.params0), vec![traj.n]),
         ("grads", as_bytes(&traj.grads), vec![traj.steps, traj.n]),
-        ("params", as_bytes(&params), vec![traj.steps, traj.n]),
+        ("params", as_bytes(params), vec![traj.steps, traj.n]),
         ("lr", as_bytes(&traj.lr), vec![traj.steps]),
     ];
-    let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = tensors
+    let views: Vec<(&str, TensorView<'_>)> = tensors
         .iter()
         .map(|(k, data, shape)| {
             (
                 *k,
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .unwrap(),
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
             )
         })
         .collect();
@@ -120,6 +121,20 @@ fn tampered_copy(source: &Path, shift: f32, name: &str, hyper: Option<&str>) -> 
     ));
     safetensors::serialize_to_file(views, Some(metadata), &out).unwrap();
     out
+}
+
+/// Writes a copy of `source` with every recorded parameter scaled by `1 + shift`, and
+/// optionally other hyperparameters.
+fn tampered_copy(source: &Path, shift: f32, name: &str, hyper: Option<&str>) -> PathBuf {
+    let bytes = std::fs::read(source).unwrap();
+    let traj = Trajectory::parse("source", &bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = meta.metadata().clone().unwrap();
+    if let Some(h) = hyper {
+        metadata.insert("hyper".into(), h.into());
+    }
+    let params: Vec<f32> = traj.params.iter().map(|x| x * (1.0 + shift)).collect();
+    write_trajectory(name, metadata, &traj, &params)
 }
 
 #[test]
@@ -159,27 +174,106 @@ fn check_command_fails_on_a_wrong_trajectory() {
     }
 }
 
+/// Files of options, sizes and schedules that are not among the recorded ones: recorded here
+/// with the CPU reference, written in the format, read back, and checked on the GPU.
 #[test]
-fn other_cases_in_the_format_are_accepted() {
-    // Options, sizes and schedules that are not among the recorded files: a trajectory made
-    // by the CPU reference itself must parse and pass, GPU included.
-    let sgd = golden_files()
-        .into_iter()
-        .find(|p| p.ends_with("sgd_nesterov.safetensors"))
-        .unwrap();
-    let hyper = r#"{"lr": 0.05, "momentum": 0.5, "dampening": 0.25, "weight_decay": 0.001, "maximize": true, "foreach": false}"#;
-    let file = tampered_copy(&sgd, 0.0, "sgd-dampening", Some(hyper));
-    let traj = Trajectory::load(&file).unwrap();
-    assert_eq!(
-        traj.optimizer.describe(),
-        "momentum=0.5,dampening=0.25,weight_decay=0.001,maximize"
-    );
-    let stats = traj.check_cpu(&Tolerance::F32).unwrap();
-    assert!(
-        !stats.passed(),
-        "recorded with other options, so it must not match"
-    );
-    let _ = std::fs::remove_file(file);
+fn trajectories_of_other_options_sizes_and_schedules_are_accepted() {
+    let cases = [
+        (
+            "sgd",
+            r#"{"lr": 0.05, "momentum": 0.5, "dampening": 0.25, "weight_decay": 0.001, "maximize": true, "foreach": false}"#,
+        ),
+        (
+            "adagrad",
+            r#"{"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.01, "initial_accumulator_value": 0.2}"#,
+        ),
+        (
+            "rmsprop",
+            r#"{"lr": 0.01, "alpha": 0.95, "momentum": 0.8, "eps_in_sqrt": true, "maximize": true}"#,
+        ),
+        (
+            "adadelta",
+            r#"{"lr": 0.5, "rho": 0.8, "weight_decay": 0.1, "eps_in_sqrt": true}"#,
+        ),
+        (
+            "adam",
+            r#"{"lr": 0.003, "betas": [0.5, 0.9], "weight_decay": 0.02, "amsgrad": true, "maximize": true}"#,
+        ),
+        (
+            "adamw",
+            r#"{"lr": 0.003, "weight_decay": 0.1, "amsgrad": true, "eps_in_sqrt": true}"#,
+        ),
+    ];
+    let gpu = common::gpu();
+    for (k, (name, hyper)) in cases.into_iter().enumerate() {
+        let optimizer = Optimizer::from_torch(name, &serde_json::from_str(hyper).unwrap()).unwrap();
+        let (n, steps) = (777 + 100 * k, 7);
+        let mut problem = RandomProblem::new(n, k as u64);
+        let params0 = problem.params.clone();
+        let grads: Vec<f32> = (0..steps).flat_map(|_| problem.next_grad()).collect();
+        let lr: Vec<f32> = (1..=steps)
+            .map(|t| (optimizer.lr() * (1.0 - 0.1 * t as f64)) as f32)
+            .collect();
+        let mut cpu = CpuOptimizer::new(optimizer.clone(), n).unwrap();
+        let mut p = params0.clone();
+        let mut recorded = Vec::new();
+        for t in 0..steps {
+            let g = ArrayView1::from(&grads[t * n..(t + 1) * n]);
+            cpu.step_with_lr(ArrayViewMut1::from(&mut p[..]), g, f64::from(lr[t]))
+                .unwrap();
+            recorded.extend_from_slice(&p);
+        }
+        let metadata = HashMap::from([
+            ("optimizer".to_string(), name.to_string()),
+            ("hyper".to_string(), hyper.to_string()),
+            ("steps".to_string(), steps.to_string()),
+            ("n".to_string(), n.to_string()),
+        ]);
+        let template = Trajectory {
+            optimizer: optimizer.clone(),
+            n,
+            steps,
+            params0,
+            grads,
+            lr,
+            params: vec![],
+            ..trajectory_shell()
+        };
+        let file = write_trajectory(&format!("roundtrip-{name}"), metadata, &template, &recorded);
+        let traj = Trajectory::load(&file).unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(
+            traj.optimizer, optimizer,
+            "{name}: hyperparameters read back"
+        );
+        assert!(
+            traj.check_cpu(&Tolerance::F32).unwrap().passed(),
+            "{name}: CPU"
+        );
+        if let Some(gpu) = gpu {
+            let stats = traj.check_gpu(gpu, &Tolerance::F32).unwrap();
+            assert!(
+                stats.passed(),
+                "{name} [{}]: GPU {stats:?}",
+                optimizer.describe()
+            );
+        }
+    }
+}
+
+fn trajectory_shell() -> Trajectory {
+    Trajectory {
+        path: String::new(),
+        optimizer: Optimizer::default_for("sgd").unwrap(),
+        description: String::new(),
+        framework: String::new(),
+        n: 0,
+        steps: 0,
+        params0: vec![],
+        grads: vec![],
+        params: vec![],
+        lr: vec![],
+    }
 }
 
 #[test]

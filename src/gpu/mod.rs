@@ -86,6 +86,8 @@ pub struct Gpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
+    /// What the adapter offers; `None` for a borrowed device, whose adapter we never saw.
+    adapter_features: Option<wgpu::Features>,
     features: wgpu::Features,
     limits: DeviceLimits,
     /// Set by the device-lost callback (only on devices fusedopt created).
@@ -133,7 +135,8 @@ impl Gpu {
                     message: e.to_string(),
                 }
             })?;
-        let gpu = Self::wrap(device, queue, info);
+        let mut gpu = Self::wrap(device, queue, info);
+        gpu.adapter_features = Some(adapter.features());
         let lost = Arc::clone(&gpu.lost);
         gpu.device.set_device_lost_callback(move |reason, message| {
             let text = format!("{reason:?}: {message}");
@@ -162,6 +165,7 @@ impl Gpu {
             device,
             queue,
             info,
+            adapter_features: None,
             lost: Arc::default(),
             uncaptured: Arc::default(),
             kernels: Mutex::default(),
@@ -187,6 +191,11 @@ impl Gpu {
     /// Features enabled on the device.
     pub fn features(&self) -> wgpu::Features {
         self.features
+    }
+
+    /// Features the adapter offers (known only when fusedopt created the device).
+    pub fn adapter_features(&self) -> Option<wgpu::Features> {
+        self.adapter_features
     }
 
     /// The limits fusedopt works within.
