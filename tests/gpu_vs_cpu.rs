@@ -144,8 +144,7 @@ fn nothing_outside_the_range_is_touched() {
                 "{}: margin written",
                 config.name()
             );
-            let mut stats = fusedopt::ErrorStats::default();
-            stats.add(&Tolerance::F32, 3, inside, &expected);
+            let stats = common::compare(inside, &expected);
             assert!(stats.passed(), "{} size {size}: {stats:?}", config.name());
             assert_eq!(
                 opt.read_params(gpu).unwrap(),
@@ -249,17 +248,10 @@ fn steps_recorded_into_one_encoder_equal_separate_steps() {
         )
         .unwrap();
     }
-    let mut stats = fusedopt::ErrorStats::default();
-    stats.add(
-        &Tolerance::F32,
-        5,
-        &opt.read_params(gpu).unwrap(),
-        &expected,
-    );
+    let stats = common::compare(&opt.read_params(gpu).unwrap(), &expected);
     assert!(stats.passed(), "{stats:?}");
     for ((name, got), (_, want)) in opt.read_state(gpu).unwrap().iter().zip(cpu.state()) {
-        let mut s = fusedopt::ErrorStats::default();
-        s.add(&Tolerance::F32, 5, got, want.as_slice().unwrap());
+        let s = common::compare(got, want.as_slice().unwrap());
         assert!(s.passed(), "{name}: {s:?}");
     }
 }
@@ -366,12 +358,6 @@ fn a_different_update_is_detected() {
         ArrayView1::from(&g[..]),
     )
     .unwrap();
-    let mut stats = fusedopt::ErrorStats::default();
-    stats.add(
-        &Tolerance::F32,
-        1,
-        &opt.read_params(gpu).unwrap(),
-        &expected,
-    );
+    let stats = common::compare(&opt.read_params(gpu).unwrap(), &expected);
     assert!(!stats.passed(), "eps placement must be visible: {stats:?}");
 }

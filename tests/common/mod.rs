@@ -44,3 +44,10 @@ fn no_adapter<T>(error: &str) -> Option<T> {
 /// The sizes every kernel is checked at: single elements, around a workgroup (256), and a
 /// large prime.
 pub const AWKWARD_SIZES: [usize; 6] = [1, 3, 255, 256, 257, 100_003];
+
+/// Element-wise comparison of `got` with `want` under the default f32 tolerance.
+pub fn compare(got: &[f32], want: &[f32]) -> fusedopt::ErrorStats {
+    let mut stats = fusedopt::ErrorStats::default();
+    stats.add(&fusedopt::Tolerance::F32, 1, got, want);
+    stats
+}
