@@ -1,23 +1,22 @@
 //! Mirror of `shaders/adagrad.wgsl`.
 
-use ndarray::{ArrayView1, ArrayViewMut1};
-
+use super::Block;
 use super::common::{denominator, effective_grad};
 use crate::optim::{Adagrad, AdagradScalars};
 
-pub(super) fn step(
-    c: &Adagrad,
-    hp: &AdagradScalars,
-    param: &mut ArrayViewMut1<'_, f32>,
-    grad: ArrayView1<'_, f32>,
-    state: &mut [Option<&mut [f32]>],
-) {
-    let state_sum = super::slot(state, 0);
+#[inline(always)]
+pub(super) fn step(c: &Adagrad, hp: &AdagradScalars, block: Block<'_>) {
+    let (param, grad, [state_sum, _, _]) = block.parts();
+    // The kernel's override constants and uniform, read once: loop-invariant values the
+    // compiler can branch on outside the loop.
+    let maximize = c.maximize;
+    let eps_in_sqrt = c.eps_in_sqrt;
+    let hp = *hp;
     for i in 0..param.len() {
         let p = param[i];
-        let g = effective_grad(c.maximize, grad[i], p, hp.weight_decay);
+        let g = effective_grad(maximize, grad[i], p, hp.weight_decay);
         let s = state_sum[i] + g * g;
         state_sum[i] = s;
-        param[i] = p + -hp.clr * (g / denominator(c.eps_in_sqrt, s, hp.eps));
+        param[i] = p + -hp.clr * (g / denominator(eps_in_sqrt, s, hp.eps));
     }
 }

@@ -1,6 +1,7 @@
 //! Mirrors of the helpers in `shaders/common.wgsl`.
 
 /// `effective_grad` in common.wgsl: negate under maximize, add coupled weight decay.
+#[inline(always)]
 pub(super) fn effective_grad(maximize: bool, g_raw: f32, p: f32, weight_decay: f32) -> f32 {
     let mut g = g_raw;
     if maximize {
@@ -13,6 +14,7 @@ pub(super) fn effective_grad(maximize: bool, g_raw: f32, p: f32, weight_decay: f
 }
 
 /// `torch_lerp` in common.wgsl (ATen's two-form lerp).
+#[inline(always)]
 pub(super) fn torch_lerp(start: f32, end: f32, weight: f32, one_minus_weight: f32) -> f32 {
     if weight.abs() < 0.5 {
         start + weight * (end - start)
@@ -22,6 +24,7 @@ pub(super) fn torch_lerp(start: f32, end: f32, weight: f32, one_minus_weight: f3
 }
 
 /// `denominator` in common.wgsl.
+#[inline(always)]
 pub(super) fn denominator(eps_in_sqrt: bool, s: f32, eps: f32) -> f32 {
     if eps_in_sqrt {
         (s + eps).sqrt()

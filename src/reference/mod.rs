@@ -2,18 +2,46 @@
 //! `ndarray`. It checks the GPU kernels and works on its own as a CPU optimizer with the same
 //! configuration types. The per-step scalars come from the same functions that fill the GPU's
 //! uniforms, so both sides see identical f32 inputs.
+//!
+//! Two drivers run the same per-element code: [`Execution::Reference`] walks the tensors on one
+//! thread in portable code; [`Execution::Fast`] splits them across rayon's threads and compiles
+//! the loops for the widest vector unit the CPU has. Both evaluate the same IEEE operations in the
+//! same order (Rust never fuses a multiply and an add on its own), so they agree bit for bit.
 
 mod adadelta;
 mod adagrad;
 mod adam;
 mod common;
+mod fast;
 mod rmsprop;
 mod sgd;
 
 use ndarray::{Array1, ArrayView1, ArrayViewMut1};
 
-use crate::optim::{Optimizer, StateSlot};
+use crate::optim::{
+    Adadelta, AdadeltaScalars, Adagrad, AdagradScalars, Adam, AdamScalars, Optimizer, Rmsprop,
+    RmspropScalars, Sgd, SgdScalars, StateSlot,
+};
 use crate::{Error, Result};
+
+/// Most state tensors any kernel binds (RMSprop and Adam: three).
+const MAX_STATE: usize = 3;
+
+/// Elements per inner loop. Unused state slots are bound to a spare block of this size, as the
+/// GPU binds placeholders, so that every loop runs over slices of one length and needs no
+/// bounds checks.
+const BLOCK: usize = 4096;
+
+/// How a [`CpuOptimizer`] runs its steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Execution {
+    /// One thread, portable code: the reference the GPU kernels are checked against.
+    #[default]
+    Reference,
+    /// All of rayon's threads (`RAYON_NUM_THREADS`), loops compiled for AVX-512 or AVX2 when the
+    /// CPU has them. Same numbers as the reference, bit for bit.
+    Fast,
+}
 
 /// An optimizer on the CPU: configuration, step count and state, as [`crate::GpuOptimizer`]
 /// keeps them on the GPU.
@@ -22,12 +50,14 @@ pub struct CpuOptimizer {
     config: Optimizer,
     len: usize,
     step: u64,
+    execution: Execution,
     /// One entry per state binding of the kernel; `None` where the configuration needs none.
     state: Vec<Option<(StateSlot, Array1<f32>)>>,
 }
 
 impl CpuOptimizer {
-    /// Creates the optimizer for `len` parameters, with PyTorch's initial state.
+    /// Creates the optimizer for `len` parameters, with PyTorch's initial state, running the
+    /// reference ([`Execution::Reference`]).
     pub fn new(config: impl Into<Optimizer>, len: usize) -> Result<Self> {
         let config = config.into();
         config.validate()?;
@@ -41,8 +71,20 @@ impl CpuOptimizer {
             config,
             len,
             step: 0,
+            execution: Execution::Reference,
             state,
         })
+    }
+
+    /// The same optimizer, running its steps with `execution`.
+    pub fn with_execution(mut self, execution: Execution) -> Self {
+        self.execution = execution;
+        self
+    }
+
+    /// How the steps run.
+    pub fn execution(&self) -> Execution {
+        self.execution
     }
 
     /// The configuration.
@@ -91,24 +133,20 @@ impl CpuOptimizer {
             }
         }
         crate::optim::non_negative(self.config.name(), "lr", lr)?;
-        self.step += 1;
-        let t = self.step;
-        let mut state: Vec<Option<&mut [f32]>> = self
-            .state
-            .iter_mut()
-            .map(|s| {
-                s.as_mut()
-                    .map(|(_, a)| a.as_slice_mut().expect("state is contiguous"))
-            })
-            .collect();
-        let p = &mut params;
-        match &self.config {
-            Optimizer::Sgd(c) => sgd::step(c, &c.scalars(t, lr), p, grads, &mut state),
-            Optimizer::Adagrad(c) => adagrad::step(c, &c.scalars(t, lr), p, grads, &mut state),
-            Optimizer::Rmsprop(c) => rmsprop::step(c, &c.scalars(t, lr), p, grads, &mut state),
-            Optimizer::Adadelta(c) => adadelta::step(c, &c.scalars(t, lr), p, grads, &mut state),
-            Optimizer::Adam(c) => adam::step(c, &c.scalars(t, lr), p, grads, &mut state),
+        let step = Step::new(&self.config, self.step + 1, lr);
+        let grads = grads.as_standard_layout();
+        let grads = grads.as_slice().expect("standard layout is contiguous");
+        let (state, execution) = (&mut self.state, self.execution);
+        match params.as_slice_mut() {
+            Some(params) => run(execution, &step, params, grads, state),
+            // A strided view: step a contiguous copy and write it back.
+            None => {
+                let mut copy = params.to_vec();
+                run(execution, &step, &mut copy, grads, state);
+                params.assign(&ArrayView1::from(&copy));
+            }
         }
+        self.step += 1;
         Ok(())
     }
 
@@ -123,10 +161,155 @@ impl CpuOptimizer {
     }
 }
 
-/// The state slice in binding slot `k`; the configuration guarantees it exists whenever the
-/// code path that reads it is on.
-fn slot<'s>(state: &'s mut [Option<&mut [f32]>], k: usize) -> &'s mut [f32] {
-    state[k]
-        .as_deref_mut()
-        .expect("state allocated for the enabled code path")
+/// Runs `step` over the whole tensors with the chosen driver.
+fn run(
+    execution: Execution,
+    step: &Step<'_>,
+    params: &mut [f32],
+    grads: &[f32],
+    state: &mut [Option<(StateSlot, Array1<f32>)>],
+) {
+    let mut state: Vec<Option<&mut [f32]>> = state
+        .iter_mut()
+        .map(|s| {
+            s.as_mut()
+                .map(|(_, a)| a.as_slice_mut().expect("state is contiguous"))
+        })
+        .collect();
+    state.resize_with(MAX_STATE, || None);
+    let tensors = Tensors {
+        param: params,
+        grad: grads,
+        state: state.try_into().expect("MAX_STATE slots"),
+    };
+    match execution {
+        Execution::Reference => tensors.step_blocks(step),
+        Execution::Fast => fast::step(step, tensors),
+    }
+}
+
+/// One step of one optimizer: its configuration and the scalars of this step.
+#[derive(Clone, Copy, Debug)]
+enum Step<'c> {
+    Sgd(&'c Sgd, SgdScalars),
+    Adagrad(&'c Adagrad, AdagradScalars),
+    Rmsprop(&'c Rmsprop, RmspropScalars),
+    Adadelta(&'c Adadelta, AdadeltaScalars),
+    Adam(&'c Adam, AdamScalars),
+}
+
+impl<'c> Step<'c> {
+    /// The scalars of step `t` (1-based) at learning rate `lr`, from the functions that fill the
+    /// GPU's uniforms.
+    fn new(config: &'c Optimizer, t: u64, lr: f64) -> Self {
+        match config {
+            Optimizer::Sgd(c) => Self::Sgd(c, c.scalars(t, lr)),
+            Optimizer::Adagrad(c) => Self::Adagrad(c, c.scalars(t, lr)),
+            Optimizer::Rmsprop(c) => Self::Rmsprop(c, c.scalars(t, lr)),
+            Optimizer::Adadelta(c) => Self::Adadelta(c, c.scalars(t, lr)),
+            Optimizer::Adam(c) => Self::Adam(c, c.scalars(t, lr)),
+        }
+    }
+
+    /// Updates one block. Inlined into each driver, so that the fast driver's copy is compiled
+    /// with its target features.
+    #[inline(always)]
+    fn apply(&self, block: Block<'_>) {
+        match self {
+            Self::Sgd(c, hp) => sgd::step(c, hp, block),
+            Self::Adagrad(c, hp) => adagrad::step(c, hp, block),
+            Self::Rmsprop(c, hp) => rmsprop::step(c, hp, block),
+            Self::Adadelta(c, hp) => adadelta::step(c, hp, block),
+            Self::Adam(c, hp) => adam::step(c, hp, block),
+        }
+    }
+}
+
+/// Parameters, gradients and state of (a range of) one optimizer, all of one length; `None`
+/// for state the configuration does not use.
+struct Tensors<'a> {
+    param: &'a mut [f32],
+    grad: &'a [f32],
+    state: [Option<&'a mut [f32]>; MAX_STATE],
+}
+
+impl<'a> Tensors<'a> {
+    fn len(&self) -> usize {
+        self.param.len()
+    }
+
+    /// Splits off the first `n` elements of every tensor.
+    fn split_at(self, n: usize) -> (Tensors<'a>, Tensors<'a>) {
+        let (p0, p1) = self.param.split_at_mut(n);
+        let (g0, g1) = self.grad.split_at(n);
+        let mut head = [None, None, None];
+        let mut tail = [None, None, None];
+        for (k, slot) in self.state.into_iter().enumerate() {
+            if let Some(s) = slot {
+                let (s0, s1) = s.split_at_mut(n);
+                (head[k], tail[k]) = (Some(s0), Some(s1));
+            }
+        }
+        (
+            Tensors {
+                param: p0,
+                grad: g0,
+                state: head,
+            },
+            Tensors {
+                param: p1,
+                grad: g1,
+                state: tail,
+            },
+        )
+    }
+
+    /// Applies `step` to consecutive blocks of at most [`BLOCK`] elements, unused state bound
+    /// to spare zeros. Inlined all the way down (no closures), so that the fast driver's
+    /// target-feature copies contain the loops themselves.
+    #[inline(always)]
+    fn step_blocks(self, step: &Step<'_>) {
+        let mut spare = [[0.0f32; BLOCK]; MAX_STATE];
+        let mut rest = self;
+        while rest.len() > 0 {
+            let n = rest.len().min(BLOCK);
+            let (head, tail) = rest.split_at(n);
+            let [s0, s1, s2] = &mut spare;
+            let [h0, h1, h2] = head.state;
+            step.apply(Block {
+                param: head.param,
+                grad: head.grad,
+                state: [
+                    h0.unwrap_or(&mut s0[..n]),
+                    h1.unwrap_or(&mut s1[..n]),
+                    h2.unwrap_or(&mut s2[..n]),
+                ],
+            });
+            rest = tail;
+        }
+    }
+}
+
+/// At most [`BLOCK`] elements of parameters, gradients and every state slot, all the same
+/// length (slots the configuration does not use hold spare zeros the kernel never touches).
+struct Block<'a> {
+    param: &'a mut [f32],
+    grad: &'a [f32],
+    state: [&'a mut [f32]; MAX_STATE],
+}
+
+impl<'a> Block<'a> {
+    /// The pieces, each sliced to the parameters' length so the compiler can drop the bounds
+    /// checks in the loops and vectorize them.
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    fn parts(self) -> (&'a mut [f32], &'a [f32], [&'a mut [f32]; MAX_STATE]) {
+        let n = self.param.len();
+        let [s0, s1, s2] = self.state;
+        (
+            self.param,
+            &self.grad[..n],
+            [&mut s0[..n], &mut s1[..n], &mut s2[..n]],
+        )
+    }
 }

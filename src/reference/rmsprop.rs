@@ -1,33 +1,30 @@
 //! Mirror of `shaders/rmsprop.wgsl`.
 
-use ndarray::{ArrayView1, ArrayViewMut1};
-
+use super::Block;
 use super::common::{denominator, effective_grad, torch_lerp};
 use crate::optim::{Rmsprop, RmspropScalars};
 
-pub(super) fn step(
-    c: &Rmsprop,
-    hp: &RmspropScalars,
-    param: &mut ArrayViewMut1<'_, f32>,
-    grad: ArrayView1<'_, f32>,
-    state: &mut [Option<&mut [f32]>],
-) {
+#[inline(always)]
+pub(super) fn step(c: &Rmsprop, hp: &RmspropScalars, block: Block<'_>) {
+    let (param, grad, [square_avg, grad_avg, momentum_buffer]) = block.parts();
+    // The kernel's override constants and uniform, read once: loop-invariant values the
+    // compiler can branch on outside the loop.
+    let maximize = c.maximize;
+    let (centered, has_momentum, eps_in_sqrt) = (c.centered, c.has_momentum(), c.eps_in_sqrt);
+    let hp = *hp;
     for i in 0..param.len() {
         let p = param[i];
-        let g = effective_grad(c.maximize, grad[i], p, hp.weight_decay);
-        let square_avg = super::slot(state, 0);
+        let g = effective_grad(maximize, grad[i], p, hp.weight_decay);
         let v = square_avg[i] * hp.alpha + hp.one_minus_alpha * g * g;
         square_avg[i] = v;
         let mut s = v;
-        if c.centered {
-            let grad_avg = super::slot(state, 1);
+        if centered {
             let ga = torch_lerp(grad_avg[i], g, hp.one_minus_alpha, hp.lerp_complement);
             grad_avg[i] = ga;
             s = v + -ga * ga;
         }
-        let avg = denominator(c.eps_in_sqrt, s, hp.eps);
-        if c.has_momentum() {
-            let momentum_buffer = super::slot(state, 2);
+        let avg = denominator(eps_in_sqrt, s, hp.eps);
+        if has_momentum {
             let b = momentum_buffer[i] * hp.momentum + g / avg;
             momentum_buffer[i] = b;
             param[i] = p + -hp.lr * b;

@@ -1,28 +1,27 @@
 //! Mirror of `shaders/sgd.wgsl`.
 
-use ndarray::{ArrayView1, ArrayViewMut1};
-
+use super::Block;
 use super::common::effective_grad;
 use crate::optim::{Sgd, SgdScalars};
 
-pub(super) fn step(
-    c: &Sgd,
-    hp: &SgdScalars,
-    param: &mut ArrayViewMut1<'_, f32>,
-    grad: ArrayView1<'_, f32>,
-    state: &mut [Option<&mut [f32]>],
-) {
+#[inline(always)]
+pub(super) fn step(c: &Sgd, hp: &SgdScalars, block: Block<'_>) {
+    let (param, grad, [momentum_buffer, _, _]) = block.parts();
+    // The kernel's override constants and uniform, read once: loop-invariant values the
+    // compiler can branch on outside the loop.
+    let maximize = c.maximize;
+    let (has_momentum, nesterov) = (c.has_momentum(), c.nesterov);
+    let hp = *hp;
     for i in 0..param.len() {
         let p = param[i];
-        let mut d = effective_grad(c.maximize, grad[i], p, hp.weight_decay);
-        if c.has_momentum() {
-            let momentum_buffer = super::slot(state, 0);
+        let mut d = effective_grad(maximize, grad[i], p, hp.weight_decay);
+        if has_momentum {
             let mut b = d;
             if hp.first_step == 0 {
                 b = momentum_buffer[i] * hp.momentum + hp.one_minus_dampening * d;
             }
             momentum_buffer[i] = b;
-            if c.nesterov {
+            if nesterov {
                 d += hp.momentum * b;
             } else {
                 d = b;

@@ -1,0 +1,66 @@
+//! The fast CPU driver: the reference's per-element code, split across rayon's threads and
+//! compiled once more for AVX-512 and for AVX2, picked at run time. Enabling wider vectors does
+//! not change results: Rust never contracts `a * b + c` into an FMA, and the vector square root
+//! and division are exactly rounded like the scalar ones.
+
+use rayon::prelude::*;
+
+use super::{BLOCK, Step, Tensors};
+
+/// Elements per rayon task: large enough that scheduling is noise, small enough that a few
+/// threads share the tail evenly.
+const TASK: usize = 64 * BLOCK;
+
+/// One step over all of `tensors`.
+pub(super) fn step(step: &Step<'_>, tensors: Tensors<'_>) {
+    let kernel = kernel();
+    let mut tasks = Vec::with_capacity(tensors.len().div_ceil(TASK));
+    let mut rest = tensors;
+    while rest.len() > TASK {
+        let (head, tail) = rest.split_at(TASK);
+        tasks.push(head);
+        rest = tail;
+    }
+    tasks.push(rest);
+    tasks.into_par_iter().for_each(|t| kernel(step, t));
+}
+
+type Kernel = fn(&Step<'_>, Tensors<'_>);
+
+/// The widest variant this CPU runs.
+fn kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, the only feature `avx512` is compiled for.
+            return |step, tensors| unsafe { avx512(step, tensors) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, the only feature `avx2` is compiled for.
+            return |step, tensors| unsafe { avx2(step, tensors) };
+        }
+    }
+    portable
+}
+
+/// Shared body of every variant; inlined so each variant compiles it with its own features.
+#[inline(always)]
+fn blocks(step: &Step<'_>, tensors: Tensors<'_>) {
+    tensors.step_blocks(step);
+}
+
+fn portable(step: &Step<'_>, tensors: Tensors<'_>) {
+    blocks(step, tensors);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn avx2(step: &Step<'_>, tensors: Tensors<'_>) {
+    blocks(step, tensors);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn avx512(step: &Step<'_>, tensors: Tensors<'_>) {
+    blocks(step, tensors);
+}
