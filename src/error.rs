@@ -107,6 +107,17 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A command-line or benchmark argument that cannot be used.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Drawing a chart of a report failed.
+    #[error("drawing {path}: {message}")]
+    Chart {
+        /// The chart file.
+        path: String,
+        /// What the plotting library reported.
+        message: String,
+    },
     /// An I/O error, with the path it concerns.
     #[error("{path}: {source}")]
     Io {

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fusedopt::bench::{self, BenchOptions, BenchReport, Implementation};
 use fusedopt::validate::{gpu_against_cpu, variants};
 use fusedopt::{ErrorStats, Gpu, Optimizer, Tolerance, golden::Trajectory, gpu::describe_adapter};
 
 /// Fused optimizer kernels on wgpu, checked against a CPU reference and PyTorch.
 ///
-/// Without a command it runs the main job: `info`, then `validate` on the best adapter.
+/// Without a command it runs the main job on the best adapter: a quick `validate` of every
+/// kernel, then `bench` with its defaults, writing the report into `fusedopt-report/`.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
@@ -39,6 +41,37 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         tolerance: ToleranceArgs,
+    },
+    /// Measure step throughput of the CPU reference, the fast CPU path and the GPU kernel,
+    /// against the copy bandwidth of each device (the roofline).
+    Bench {
+        /// Only this optimizer (repeatable); every variant that changes the bytes moved is
+        /// measured (momentum, centered, amsgrad).
+        #[arg(long = "optimizer", value_name = "NAME")]
+        optimizers: Vec<String>,
+        /// Parameters per step (repeatable); `2^20` and `1048576` both work. Default: 2^16 to
+        /// 2^24, and up to 2^28 on a GPU with the memory.
+        #[arg(long = "size", value_name = "N", value_parser = parse_size)]
+        sizes: Vec<usize>,
+        /// Only this implementation (repeatable).
+        #[arg(long = "implementation", value_name = "IMPL", value_parser = parse_implementation)]
+        implementations: Vec<Implementation>,
+        /// Print the rows as one JSON array on stdout, and nothing else there.
+        #[arg(long)]
+        json: bool,
+        /// Write the report (report.md, results.json, SVG charts) into this folder.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Time GPU steps with the wall clock around submit-and-wait even where the adapter
+        /// has timestamp queries.
+        #[arg(long)]
+        wall_clock: bool,
+        /// Measure the CPU only (no adapter needed).
+        #[arg(long)]
+        cpu_only: bool,
+        /// Milliseconds of timed steps per point (more samples for fast steps, at least 7).
+        #[arg(long, default_value_t = 300, value_name = "MS")]
+        time_per_point: u64,
     },
     /// Run reference trajectories (safetensors, see tests/golden/FORMAT.md) through the GPU
     /// kernel and the CPU reference, step by step, and report the worst errors.
@@ -78,6 +111,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => main_job(),
+        Some(Command::Bench {
+            optimizers,
+            sizes,
+            implementations,
+            json,
+            out,
+            wall_clock,
+            cpu_only,
+            time_per_point,
+        }) => (|| {
+            let gpu = if cpu_only { None } else { Some(Gpu::new()?) };
+            let mut options = BenchOptions::defaults(&optimizers, gpu.as_ref())?;
+            if !sizes.is_empty() {
+                options.sizes = sizes;
+            }
+            if !implementations.is_empty() {
+                options.implementations = implementations;
+            }
+            options.force_wall_clock = wall_clock;
+            options.sampling.target_time = std::time::Duration::from_millis(time_per_point);
+            let report = run_bench(gpu.as_ref(), &options)?;
+            if json {
+                println!("{}", bench::report::json(&report)?);
+            } else {
+                print!("{}", bench::report::table(&report));
+            }
+            if let Some(dir) = out {
+                let command = std::env::args().collect::<Vec<_>>().join(" ");
+                write_report(&report, &dir, &command, json)?;
+            }
+            Ok(true)
+        })(),
         Some(Command::Info) => info(),
         Some(Command::Validate {
             optimizers,
@@ -102,11 +167,112 @@ fn main() -> ExitCode {
     }
 }
 
-/// Until the benchmark lands, the main job is `info` followed by `validate`.
+/// Where the main job writes its report.
+const DEFAULT_REPORT_DIR: &str = "fusedopt-report";
+
+/// The main job: validation of every kernel, then the benchmark with its defaults, printed and
+/// written to [`DEFAULT_REPORT_DIR`]. A validation failure is reported and fails the run, but
+/// the benchmark still runs so the numbers can be looked at.
 fn main_job() -> fusedopt::Result<bool> {
-    info()?;
+    let valid = validate(&[], 100_003, 3, 0, &Tolerance::F32)?;
     println!();
-    validate(&[], 100_003, 5, 0, &Tolerance::F32)
+    let gpu = Gpu::new()?;
+    let options = BenchOptions::defaults(&[], Some(&gpu))?;
+    println!(
+        "bench: {} cases × {} sizes × {} implementations (`fusedopt bench --help` for options)",
+        options.cases.len(),
+        options.sizes.len(),
+        options.implementations.len()
+    );
+    let report = run_bench(Some(&gpu), &options)?;
+    print!("{}", bench::report::table(&report));
+    write_report(
+        &report,
+        std::path::Path::new(DEFAULT_REPORT_DIR),
+        "fusedopt",
+        false,
+    )?;
+    if !valid {
+        println!(
+            "validation FAILED (see above): the numbers are of kernels that do not match the reference"
+        );
+    }
+    Ok(valid)
+}
+
+/// Runs the benchmark with a progress bar on stderr (hidden when stderr is not a terminal).
+fn run_bench(gpu: Option<&Gpu>, options: &BenchOptions) -> fusedopt::Result<BenchReport> {
+    let rooflines = 1 + u64::from(gpu.is_some());
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(options.points() + rooflines),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut started = false;
+    let report = bench::run(gpu, options, |what| {
+        if started {
+            bar.inc(1);
+        }
+        started = true;
+        bar.set_message(what.to_string());
+    });
+    bar.finish_and_clear();
+    report
+}
+
+/// Writes the report folder and says where (on stderr when stdout carries JSON).
+fn write_report(
+    report: &BenchReport,
+    dir: &std::path::Path,
+    command: &str,
+    quiet: bool,
+) -> fusedopt::Result<()> {
+    let files = bench::report::write(report, dir, command)?;
+    let line = format!(
+        "report: {} ({} files)",
+        dir.join("report.md").display(),
+        files.len()
+    );
+    if quiet {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// `1048576`, `2^20` or `1M`/`1K` (binary multiples).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let parsed = if let Some((base, exp)) = s.split_once('^') {
+        let base: usize = base.parse().map_err(|_| format!("bad base in {s:?}"))?;
+        let exp: u32 = exp.parse().map_err(|_| format!("bad exponent in {s:?}"))?;
+        base.checked_pow(exp)
+    } else if let Some(n) = s.strip_suffix(['M', 'm']) {
+        n.parse::<usize>().ok().and_then(|n| n.checked_mul(1 << 20))
+    } else if let Some(n) = s.strip_suffix(['K', 'k']) {
+        n.parse::<usize>().ok().and_then(|n| n.checked_mul(1 << 10))
+    } else {
+        s.parse().ok()
+    };
+    match parsed {
+        Some(0) => Err("a size must be at least 1".into()),
+        Some(n) => Ok(n),
+        None => Err(format!("{s:?} is not a size (examples: 1048576, 2^20, 1M)")),
+    }
+}
+
+fn parse_implementation(s: &str) -> Result<Implementation, String> {
+    Implementation::ALL
+        .into_iter()
+        .find(|i| i.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Implementation::ALL.iter().map(|i| i.name()).collect();
+            format!("{s:?} is not one of {}", names.join(", "))
+        })
 }
 
 fn info() -> fusedopt::Result<bool> {

@@ -61,7 +61,10 @@ fn fast_path_matches_the_reference_bit_for_bit() -> Result<()> {
             }
         }
     }
-    assert!(cases >= 300, "every option set at every size ({cases} runs)");
+    assert!(
+        cases >= 300,
+        "every option set at every size ({cases} runs)"
+    );
     Ok(())
 }
 

@@ -208,3 +208,31 @@ fn every_override_the_host_sets_exists() {
         }
     }
 }
+
+#[test]
+fn copy_kernel_validates_with_the_parameter_and_gradient_bindings_only() {
+    let source = fusedopt::kernels::copy_source();
+    let module = naga::front::wgsl::parse_str(&source)
+        .unwrap_or_else(|e| panic!("copy does not parse:\n{}", e.emit_to_string(&source)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("copy does not validate:\n{}", e.emit_to_string(&source)));
+    assert!(
+        module.entry_points.iter().any(|e| e.name == ENTRY_POINT),
+        "copy has the entry point {ENTRY_POINT}"
+    );
+    let mut bindings: Vec<u32> = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, v)| v.binding.as_ref().map(|b| b.binding))
+        .collect();
+    bindings.sort_unstable();
+    assert_eq!(
+        bindings,
+        [1, 2],
+        "copy binds the destination (1) and source (2)"
+    );
+}

@@ -228,6 +228,36 @@ impl GpuOptimizer {
         encoder: &mut wgpu::CommandEncoder,
         lr: f64,
     ) -> Result<()> {
+        self.record(gpu, encoder, lr, None)
+    }
+
+    /// Records one step like [`Self::record_step_with_lr`], with the GPU's clock written at
+    /// the start and end of its compute pass (all of the step's dispatches), for timing. The
+    /// device needs [`wgpu::Features::TIMESTAMP_QUERY`].
+    pub fn record_step_timed(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        lr: f64,
+        timestamps: wgpu::ComputePassTimestampWrites<'_>,
+    ) -> Result<()> {
+        if !gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::Unsupported {
+                optimizer: self.config.name(),
+                message: "timed steps need the TIMESTAMP_QUERY feature, which this device lacks"
+                    .into(),
+            });
+        }
+        self.record(gpu, encoder, lr, Some(timestamps))
+    }
+
+    fn record(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        lr: f64,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
         crate::optim::non_negative(self.config.name(), "lr", lr)?;
         let step = self.step + 1;
         let scalars: UniformBlock = self.config.rule().uniform(step, lr);
@@ -237,7 +267,7 @@ impl GpuOptimizer {
                 .write_buffer(&self.uniform, slot_offset, scalars.as_bytes());
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(self.config.name()),
-                timestamp_writes: None,
+                timestamp_writes,
             });
             pass.set_pipeline(&self.kernel.pipeline);
             for chunk in &self.chunks {

@@ -12,6 +12,14 @@ use crate::optim::{
 /// WGSL shared by every kernel: bindings 1 and 2, indexing and the common update pieces.
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 
+/// The copy kernel of the bandwidth roofline, without the common part.
+pub const COPY_WGSL: &str = include_str!("../../shaders/copy.wgsl");
+
+/// The complete copy kernel: `common.wgsl` followed by `copy.wgsl`.
+pub fn copy_source() -> String {
+    format!("{COMMON_WGSL}\n{COPY_WGSL}")
+}
+
 /// Name of every kernel's entry point.
 pub const ENTRY_POINT: &str = "step";
 
@@ -121,16 +129,38 @@ impl Kernel {
         shader: Shader,
         overrides: &[(&'static str, f64)],
     ) -> Result<Self> {
+        let source = shader.source();
+        Self::compile(
+            gpu,
+            shader.name(),
+            &source,
+            &layout_entries(shader),
+            overrides,
+        )
+    }
+
+    /// The copy kernel of the bandwidth roofline: bindings 1 and 2 only.
+    pub(crate) fn copy(gpu: &Gpu) -> Result<Self> {
+        let entries = layout_entries(Shader::Sgd);
+        Self::compile(gpu, "copy", &copy_source(), &entries[1..3], &[])
+    }
+
+    fn compile(
+        gpu: &Gpu,
+        label: &str,
+        source: &str,
+        entries: &[wgpu::BindGroupLayoutEntry],
+        overrides: &[(&'static str, f64)],
+    ) -> Result<Self> {
         let device = gpu.device();
-        let label = shader.name();
         gpu.scoped(&format!("building the {label} kernel"), || {
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
             });
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some(label),
-                entries: &layout_entries(shader),
+                entries,
             });
             let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(label),

@@ -1,0 +1,257 @@
+//! GPU measurements: optimizer steps through [`GpuOptimizer`], the copy-kernel roofline, and
+//! the clock that times them (timestamp queries or the wall clock).
+
+use std::num::NonZeroU64;
+use std::time::Instant;
+
+use super::{Clock, Sampling, Summary, pattern};
+use crate::gpu::{Gpu, GpuOptimizer, STEPS_PER_SUBMISSION};
+use crate::kernels::{Kernel, workgroups};
+use crate::optim::Optimizer;
+use crate::{Error, Result};
+
+/// Steps timed per submission: as many as the optimizers' uniform rings hold.
+const BATCH: u32 = STEPS_PER_SUBMISSION as u32;
+
+/// Times batches of compute passes: each pass with its own pair of timestamps where the device
+/// has `TIMESTAMP_QUERY`, otherwise the whole batch with the wall clock around submit-and-wait.
+#[derive(Debug)]
+pub struct GpuTimer {
+    queries: Option<Queries>,
+}
+
+#[derive(Debug)]
+struct Queries {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period_ns: f64,
+}
+
+impl GpuTimer {
+    /// A timer for `gpu`; `force_wall_clock` ignores timestamps even where they exist.
+    pub fn new(gpu: &Gpu, force_wall_clock: bool) -> Result<Self> {
+        if force_wall_clock || !gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(Self { queries: None });
+        }
+        let count = 2 * BATCH;
+        let queries = gpu.scoped("creating timestamp queries", || {
+            let device = gpu.device();
+            Queries {
+                set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("fusedopt/bench timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count,
+                }),
+                resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("fusedopt/bench timestamps resolved"),
+                    size: u64::from(count) * 8,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                period_ns: f64::from(gpu.queue().get_timestamp_period()),
+            }
+        })?;
+        Ok(Self {
+            queries: Some(queries),
+        })
+    }
+
+    /// Which clock the times come from.
+    pub fn clock(&self) -> Clock {
+        if self.queries.is_some() {
+            Clock::Timestamp
+        } else {
+            Clock::Wall
+        }
+    }
+
+    /// Records `count` (at most 64) passes with `record`, submits them and returns their times
+    /// in seconds: one per pass with timestamps, one mean per batch with the wall clock.
+    pub fn time_batch(
+        &self,
+        gpu: &Gpu,
+        count: u32,
+        mut record: impl FnMut(
+            &mut wgpu::CommandEncoder,
+            Option<wgpu::ComputePassTimestampWrites<'_>>,
+        ) -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        let count = count.clamp(1, BATCH);
+        let mut encoder = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fusedopt/bench batch"),
+            });
+        match &self.queries {
+            Some(q) => {
+                for k in 0..count {
+                    record(
+                        &mut encoder,
+                        Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &q.set,
+                            beginning_of_pass_write_index: Some(2 * k),
+                            end_of_pass_write_index: Some(2 * k + 1),
+                        }),
+                    )?;
+                }
+                encoder.resolve_query_set(&q.set, 0..2 * count, &q.resolve, 0);
+                gpu.submit_and_wait("running timed steps", encoder)?;
+                // Each timestamp is a u64, read as two f32 words.
+                let words = gpu.download(&q.resolve, 0, 4 * count as usize)?;
+                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&words);
+                Ok(ticks
+                    .chunks_exact(2)
+                    .map(|t| t[1].saturating_sub(t[0]) as f64 * q.period_ns * 1e-9)
+                    .collect())
+            }
+            None => {
+                for _ in 0..count {
+                    record(&mut encoder, None)?;
+                }
+                let start = Instant::now();
+                gpu.submit_and_wait("running timed steps", encoder)?;
+                Ok(vec![start.elapsed().as_secs_f64() / f64::from(count)])
+            }
+        }
+    }
+
+    /// Warms up with one batch, then collects per-step times until `sampling` is satisfied.
+    fn measure(
+        &self,
+        gpu: &Gpu,
+        sampling: &Sampling,
+        mut record: impl FnMut(
+            &mut wgpu::CommandEncoder,
+            Option<wgpu::ComputePassTimestampWrites<'_>>,
+        ) -> Result<()>,
+    ) -> Result<Summary> {
+        let warmup = (sampling.warmup_steps as u32).max(1);
+        let first = self.time_batch(gpu, warmup, &mut record)?;
+        let estimate = first.iter().copied().fold(f64::INFINITY, f64::min);
+        let wanted = sampling.samples_for(estimate);
+        let mut times = Vec::with_capacity(wanted);
+        while times.len() < wanted {
+            let count = match self.queries {
+                // One sample per pass: record as many as still wanted.
+                Some(_) => (wanted - times.len()) as u32,
+                // One sample per batch: batches long enough to hide the submission, but at
+                // least `min_samples` of them.
+                None => ((1e-3 / estimate.max(1e-9)).ceil() as u32).clamp(1, BATCH),
+            };
+            times.extend(self.time_batch(gpu, count, &mut record)?);
+        }
+        Ok(Summary::of(&times).expect("at least one sample"))
+    }
+}
+
+/// One optimizer on the GPU over `sets` independent parameter sets, stepped in turn.
+#[derive(Debug)]
+pub struct GpuSteps {
+    sets: Vec<(GpuOptimizer, wgpu::Buffer, wgpu::Buffer)>,
+    next: usize,
+}
+
+impl GpuSteps {
+    /// Uploads `sets` sets of `size` parameters and gradients and creates their optimizers.
+    pub fn new(gpu: &Gpu, config: &Optimizer, size: usize, sets: usize) -> Result<Self> {
+        let params = pattern(size, 1);
+        let grads: Vec<f32> = pattern(size, 2).into_iter().map(|g| 0.1 * g).collect();
+        let sets = (0..sets.max(1))
+            .map(|_| {
+                let p = gpu.upload("bench/params", &params)?;
+                let g = gpu.upload("bench/grads", &grads)?;
+                let optimizer = GpuOptimizer::new(gpu, config.clone(), &p, &g)?;
+                Ok((optimizer, p, g))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { sets, next: 0 })
+    }
+
+    /// Records one step of the next set into `encoder`.
+    pub fn record_step(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        let index = self.next;
+        self.next = (index + 1) % self.sets.len();
+        let (optimizer, ..) = &mut self.sets[index];
+
+        let lr = optimizer.config().lr();
+        match timestamps {
+            Some(t) => optimizer.record_step_timed(gpu, encoder, lr, t),
+            None => optimizer.record_step_with_lr(gpu, encoder, lr),
+        }
+    }
+
+    /// Warms up, then times steps.
+    pub fn measure(&mut self, gpu: &Gpu, timer: &GpuTimer, sampling: &Sampling) -> Result<Summary> {
+        timer.measure(gpu, sampling, |encoder, t| {
+            self.record_step(gpu, encoder, t)
+        })
+    }
+}
+
+/// The GPU's copy bandwidth: `shaders/copy.wgsl` copying `size` f32 between two buffers, in
+/// chunks of the largest storage binding like the optimizers, counted as bytes read plus bytes
+/// written (8 per element).
+pub fn gpu_copy_bandwidth(
+    gpu: &Gpu,
+    timer: &GpuTimer,
+    size: usize,
+    sampling: &Sampling,
+) -> Result<Summary> {
+    if size == 0 {
+        return Err(Error::InvalidArgument("copy of zero elements".into()));
+    }
+    let kernel = Kernel::copy(gpu)?;
+    let source = gpu.upload("bench/copy source", &pattern(size, 3))?;
+    let target = gpu.zeros("bench/copy target", size)?;
+    let chunk = gpu.limits().chunk_elements();
+    let mut dispatches = Vec::new();
+    let mut start = 0u64;
+    while start < size as u64 {
+        let n = (size as u64 - start).min(chunk);
+        let binding = |buffer| {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer,
+                offset: start * 4,
+                size: NonZeroU64::new(n * 4),
+            })
+        };
+        let bind_group = gpu.scoped("creating the copy bind group", || {
+            gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("bench/copy"),
+                layout: &kernel.layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: binding(&target),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: binding(&source),
+                    },
+                ],
+            })
+        })?;
+        let groups = workgroups(n as u32, gpu.limits().max_workgroups_per_dimension);
+        dispatches.push((bind_group, groups));
+        start += n;
+    }
+    timer.measure(gpu, sampling, |encoder, timestamp_writes| {
+        gpu.scoped("recording a copy", || {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("bench/copy"),
+                timestamp_writes,
+            });
+            pass.set_pipeline(&kernel.pipeline);
+            for (bind_group, (x, y)) in &dispatches {
+                pass.set_bind_group(0, bind_group, &[]);
+                pass.dispatch_workgroups(*x, *y, 1);
+            }
+        })
+    })
+}
