@@ -72,6 +72,10 @@ enum Command {
         /// Milliseconds of timed steps per point (more samples for fast steps, at least 7).
         #[arg(long, default_value_t = 300, value_name = "MS")]
         time_per_point: u64,
+        /// Step one parameter set over and over, even where it fits in a cache (as most
+        /// framework benchmarks do); by default small sizes rotate over several sets.
+        #[arg(long)]
+        no_rotation: bool,
     },
     /// Run reference trajectories (safetensors, see tests/golden/FORMAT.md) through the GPU
     /// kernel and the CPU reference, step by step, and report the worst errors.
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
             wall_clock,
             cpu_only,
             time_per_point,
+            no_rotation,
         }) => (|| {
             let gpu = if cpu_only { None } else { Some(Gpu::new()?) };
             let mut options = BenchOptions::defaults(&optimizers, gpu.as_ref())?;
@@ -130,6 +135,9 @@ fn main() -> ExitCode {
                 options.implementations = implementations;
             }
             options.force_wall_clock = wall_clock;
+            if no_rotation {
+                options.rotation_bytes = 0;
+            }
             options.sampling.target_time = std::time::Duration::from_millis(time_per_point);
             let report = run_bench(gpu.as_ref(), &options)?;
             if json {

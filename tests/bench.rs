@@ -22,6 +22,7 @@ fn quick(names: &[&str], gpu: Option<&fusedopt::Gpu>) -> Result<BenchOptions> {
         target_time: Duration::from_millis(1),
     };
     options.rotation_bytes = 1 << 20;
+    options.roofline_size = 1 << 20;
     Ok(options)
 }
 

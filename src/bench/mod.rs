@@ -239,8 +239,11 @@ pub struct BenchOptions {
     /// Samples per point.
     pub sampling: Sampling,
     /// Bytes the rotated parameter sets of one point should add up to at least (see
-    /// [`rotation_bytes`]).
+    /// [`rotation_bytes`]); 0 steps a single set.
     pub rotation_bytes: u64,
+    /// Elements per buffer of the roofline copies: enough that source and target together
+    /// exceed the caches.
+    pub roofline_size: usize,
 }
 
 /// One measured point: the JSON schema of `fusedopt bench --json` (README, "bench").
@@ -404,13 +407,15 @@ impl BenchOptions {
         if gpu.is_some() {
             implementations.push(Implementation::Gpu);
         }
+        let rotation_bytes = rotation_bytes(gpu);
         Ok(Self {
             cases: cases(names)?,
             sizes: default_sizes(gpu),
             implementations,
             force_wall_clock: false,
             sampling: Sampling::default(),
-            rotation_bytes: rotation_bytes(gpu),
+            rotation_bytes,
+            roofline_size: ((rotation_bytes / 8) as usize).clamp(1 << 22, 1 << 28),
         })
     }
 
@@ -420,6 +425,9 @@ impl BenchOptions {
     }
 
     fn check(&self, gpu: Option<&Gpu>) -> Result<()> {
+        if self.roofline_size == 0 {
+            return Err(Error::InvalidArgument("roofline size 0".into()));
+        }
         if let Some(&size) = self.sizes.iter().find(|&&s| s == 0) {
             return Err(Error::InvalidArgument(format!(
                 "size {size}: a step needs at least one parameter"
@@ -452,10 +460,7 @@ pub fn run(
     let gpu_name = gpu.map(|g| crate::gpu::describe_adapter(g.adapter_info()));
     let sampling = &options.sampling;
 
-    // The copies run at a size no cache holds.
-    let roof_size = ((options.rotation_bytes / 8) as usize)
-        .max(options.sizes.iter().copied().max().unwrap_or(0))
-        .clamp(1 << 22, 1 << 28);
+    let roof_size = options.roofline_size;
     progress("roofline: CPU memcpy");
     let cpu_copy = cpu_copy_bandwidth(roof_size, sampling);
     let mut rows = vec![roofline_row(
