@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod compare;
+pub mod demo;
 mod error;
 pub mod golden;
 pub mod gpu;
