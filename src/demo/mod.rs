@@ -1,5 +1,5 @@
 //! `fusedopt demo`: the lecture notes' optimizer experiments, run through fusedopt's own GPU
-//! kernels, with tables on stdout.
+//! kernels, with tables on stdout and, on request, SVG charts and a `demo.md` summary.
 //!
 //! - **(a) Imbalanced quadratic** `L(x) = ½ xᵀ H_β x`, `H_β = D_β H D_β`, `[D_β]_ii = β^(i-1)`,
 //!   `H ≈ I` ([`Quadratic::imbalanced`]), for `n = 4` and a larger `n`. Gradient descent with
@@ -21,10 +21,12 @@
 //! optimizers are nonlinear (or, for momentum, not monotone): what they do not reach within the
 //! cap is reported as not reached, never extrapolated.
 
+mod plot;
 mod quadratic;
 mod report;
 mod runner;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use quadratic::{Eigen, ExactCheck, ExactGd, Quadratic, check_against_exact};
@@ -37,6 +39,8 @@ use runner::{GradientKernel, Limits, Stop};
 /// on Mesa's lavapipe with two CPU cores).
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
+    /// Where to write the SVG charts and `demo.md`; nothing is written without it.
+    pub out: Option<PathBuf>,
     /// Most iterations any optimizer runs on the GPU (at most [`MAX_ITERATIONS_LIMIT`]). The
     /// default, 20,000, takes about 3 s per run that goes the distance on lavapipe; beyond it
     /// nothing changes in the conclusions: the runs still going would need ~10⁶ or never end.
@@ -55,6 +59,7 @@ pub struct DemoOptions {
 impl Default for DemoOptions {
     fn default() -> Self {
         Self {
+            out: None,
             max_iterations: 20_000,
             large_n: 6,
             beta: 0.1,
@@ -190,6 +195,8 @@ pub struct DemoReport {
     pub adapter: String,
     /// (a) for n = 4 and `large_n`, then (b).
     pub experiments: Vec<Experiment>,
+    /// Files written under [`DemoOptions::out`].
+    pub files: Vec<PathBuf>,
     /// Wall time of the experiments (without writing the files).
     pub elapsed: Duration,
 }
@@ -201,7 +208,8 @@ impl DemoReport {
     }
 }
 
-/// Runs the experiments on `gpu` and prints a table per experiment to stdout as it completes.
+/// Runs the experiments on `gpu`, prints a table per experiment to stdout as it completes, and
+/// writes the charts and `demo.md` when [`DemoOptions::out`] is set.
 pub fn run(gpu: &Gpu, options: &DemoOptions) -> Result<DemoReport> {
     let started = Instant::now();
     validate(options)?;
@@ -226,11 +234,19 @@ pub fn run(gpu: &Gpu, options: &DemoOptions) -> Result<DemoReport> {
     println!("\n{}", report::text(&experiment));
     experiments.push(experiment);
 
-    let report = DemoReport {
+    let mut report = DemoReport {
         adapter,
         experiments,
+        files: Vec::new(),
         elapsed: started.elapsed(),
     };
+    if let Some(dir) = &options.out {
+        report.files = write_files(dir, &report)?;
+        println!();
+        for file in &report.files {
+            println!("wrote {}", file.display());
+        }
+    }
     println!("\ndemo took {:.1} s", started.elapsed().as_secs_f64());
     Ok(report)
 }
@@ -651,3 +667,31 @@ fn samples(trajectory: &runner::Trajectory, n: usize) -> Vec<Sample> {
 
 /// Iterates kept one by one at the start of a run, where paths turn fastest.
 const SAMPLES_DENSE: u64 = 200;
+
+/// Writes the charts and `demo.md` into `dir`; returns the paths written.
+fn write_files(dir: &std::path::Path, report: &DemoReport) -> Result<Vec<PathBuf>> {
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut files = Vec::new();
+    let mut charts = Vec::new();
+    for experiment in &report.experiments {
+        let mut mine = Vec::new();
+        let path = dir.join(format!("loss-{}.svg", experiment.key));
+        plot::loss_chart(&path, experiment)?;
+        mine.push(path);
+        if experiment.problem.dim() == 2 {
+            let path = dir.join(format!("paths-{}.svg", experiment.key));
+            plot::path_chart(&path, experiment)?;
+            mine.push(path);
+        }
+        files.extend(mine.iter().cloned());
+        charts.push(mine);
+    }
+    let path = dir.join("demo.md");
+    std::fs::write(&path, report::markdown(report, &charts)).map_err(io(&path))?;
+    files.push(path);
+    Ok(files)
+}

@@ -1,8 +1,9 @@
 //! The demo's tables, as plain text for stdout and as Markdown for `demo.md`.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
-use super::{Experiment, Iterations, RunReport};
+use super::{DemoReport, Experiment, Iterations, RunReport};
 use crate::Optimizer;
 
 const HEADER: [&str; 5] = [
@@ -45,6 +46,44 @@ pub(super) fn text(experiment: &Experiment) -> String {
         out.push('\n');
         for finding in findings {
             let _ = writeln!(out, "  {finding}");
+        }
+    }
+    out
+}
+
+/// `demo.md`: every experiment's notes, table, findings and charts (`charts[i]` belongs to
+/// experiment `i`, paths relative to the Markdown file's folder).
+pub(super) fn markdown(report: &DemoReport, charts: &[Vec<PathBuf>]) -> String {
+    let mut out = String::from("# fusedopt demo\n\n");
+    let _ = writeln!(
+        out,
+        "Run on {} in {:.1} s. Every update is a fusedopt GPU kernel; gradients come from \
+         `shaders/quadratic_grad.wgsl`, up to 64 iterations per submission; losses are \
+         evaluated in f64 on the CPU from the GPU's f32 iterates.\n",
+        report.adapter,
+        report.elapsed.as_secs_f64()
+    );
+    for (experiment, files) in report.experiments.iter().zip(charts) {
+        let _ = writeln!(out, "## {}\n", experiment.title);
+        for note in &experiment.notes {
+            let _ = writeln!(out, "- {note}");
+        }
+        out.push('\n');
+        let _ = writeln!(out, "| {} |", HEADER.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(HEADER.len()));
+        for run in &experiment.runs {
+            let _ = writeln!(out, "| {} |", row(run).join(" | "));
+        }
+        out.push('\n');
+        for finding in findings(experiment) {
+            let _ = writeln!(out, "{finding}\n");
+        }
+        for file in files {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = writeln!(out, "![{name}]({name})\n");
         }
     }
     out
