@@ -154,9 +154,12 @@ pub struct Eigen {
 }
 
 impl Eigen {
-    /// `λ_max / λ_min`.
+    /// `λ_max / λ_min` (NaN for an empty spectrum).
     pub fn condition_number(&self) -> f64 {
-        self.values.last().copied().unwrap_or(f64::NAN) / self.values[0]
+        match (self.values.first(), self.values.last()) {
+            (Some(min), Some(max)) => max / min,
+            _ => f64::NAN,
+        }
     }
 }
 
