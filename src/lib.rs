@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod compare;
+pub mod demo;
 mod error;
 pub mod golden;
 pub mod gpu;
