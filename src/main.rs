@@ -77,6 +77,20 @@ enum Command {
         #[arg(long)]
         no_rotation: bool,
     },
+    /// The lecture notes' experiments through the GPU kernels: the imbalanced quadratic (gradient
+    /// descent against Adagrad and the others, measured speed-up beside the predicted one) and
+    /// the valley 0.1 x1² + 2 x2². Prints iterations to a stated tolerance per optimizer.
+    Demo {
+        /// Write the charts (loss against iteration, valley paths) and demo.md here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Most iterations any optimizer runs on the GPU.
+        #[arg(long, default_value_t = fusedopt::demo::DemoOptions::default().max_iterations)]
+        max_iterations: u64,
+        /// The larger dimension of the imbalanced quadratic, besides n = 4.
+        #[arg(long, default_value_t = fusedopt::demo::DemoOptions::default().large_n)]
+        large_n: usize,
+    },
     /// Run reference trajectories (safetensors, see tests/golden/FORMAT.md) through the GPU
     /// kernel and the CPU reference, step by step, and report the worst errors.
     Check {
@@ -152,6 +166,19 @@ fn main() -> ExitCode {
             Ok(true)
         })(),
         Some(Command::Info) => info(),
+        Some(Command::Demo {
+            out,
+            max_iterations,
+            large_n,
+        }) => Gpu::new().and_then(|gpu| {
+            let options = fusedopt::demo::DemoOptions {
+                out,
+                max_iterations,
+                large_n,
+                ..Default::default()
+            };
+            fusedopt::demo::run(&gpu, &options).map(|_| true)
+        }),
         Some(Command::Validate {
             optimizers,
             size,

@@ -7,6 +7,7 @@ use std::num::NonZeroU64;
 
 use super::quadratic::Quadratic;
 use crate::gpu::{Gpu, GpuOptimizer, STEPS_PER_SUBMISSION};
+use crate::kernels::{Kernel, storage_entry, uniform_ring_entry};
 use crate::{Optimizer, Result};
 
 /// WGSL of the gradient kernel.
@@ -22,70 +23,29 @@ const ROW_UNIFORM_BYTES: u64 = 16;
 
 /// The compiled gradient kernel, built once per demo.
 #[derive(Debug)]
-pub(crate) struct GradientKernel {
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
-}
+pub(crate) struct GradientKernel(Kernel);
 
 impl GradientKernel {
     /// Compiles the kernel inside the library's error scopes, so a failure is an `Err`.
+    /// Bindings: 0 the row uniform (dynamic offset), 1 A and 2 x (read-only), 3 the gradient
+    /// and 4 the trajectory.
     pub(crate) fn build(gpu: &Gpu) -> Result<Self> {
-        let device = gpu.device();
-        let label = Some("demo/quadratic_grad");
-        gpu.scoped("building the demo's gradient kernel", || {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label,
-                source: wgpu::ShaderSource::Wgsl(SHADER.into()),
-            });
-            let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only },
-                    has_dynamic_offset: false,
-                    min_binding_size: NonZeroU64::new(4),
-                },
-                count: None,
-            };
-            let row = wgpu::BindGroupLayoutEntry {
-                binding: 0,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: true,
-                    min_binding_size: NonZeroU64::new(ROW_UNIFORM_BYTES),
-                },
-                count: None,
-            };
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label,
-                entries: &[
-                    row,
-                    storage(1, true),
-                    storage(2, true),
-                    storage(3, false),
-                    storage(4, false),
-                ],
-            });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label,
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label,
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some("gradient"),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[],
-                    // The kernel uses no workgroup memory.
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
-            Self { pipeline, layout }
-        })
+        let entries = [
+            uniform_ring_entry(0, ROW_UNIFORM_BYTES),
+            storage_entry(1, true),
+            storage_entry(2, true),
+            storage_entry(3, false),
+            storage_entry(4, false),
+        ];
+        Kernel::compile(
+            gpu,
+            "demo/quadratic_grad",
+            SHADER,
+            "gradient",
+            &entries,
+            &[],
+        )
+        .map(Self)
     }
 }
 
@@ -166,7 +126,7 @@ pub(crate) fn run(
     let bind_group = gpu.scoped("creating the demo's bind group", || {
         gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("demo/quadratic_grad"),
-            layout: &kernel.layout,
+            layout: &kernel.0.layout,
             entries: &[
                 wgpu::BindGroupEntry {
                     binding: 0,
@@ -208,7 +168,7 @@ pub(crate) fn run(
                         label: Some("demo/gradient"),
                         timestamp_writes: None,
                     });
-                    pass.set_pipeline(&kernel.pipeline);
+                    pass.set_pipeline(&kernel.0.pipeline);
                     pass.set_bind_group(0, &bind_group, &[(row * stride) as u32]);
                     pass.dispatch_workgroups(1, 1, 1);
                 })?;

@@ -129,28 +129,43 @@ impl Kernel {
         shader: Shader,
         overrides: &[(&'static str, f64)],
     ) -> Result<Self> {
+        let mut constants = overrides.to_vec();
+        constants.push(("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)));
+        let entries = layout_entries(shader);
         let source = shader.source();
         Self::compile(
             gpu,
             shader.name(),
             &source,
-            &layout_entries(shader),
-            overrides,
+            ENTRY_POINT,
+            &entries,
+            &constants,
         )
     }
 
     /// The copy kernel of the bandwidth roofline: bindings 1 and 2 only.
     pub(crate) fn copy(gpu: &Gpu) -> Result<Self> {
-        let entries = layout_entries(Shader::Sgd);
-        Self::compile(gpu, "copy", &copy_source(), &entries[1..3], &[])
+        let entries = [storage_entry(1, false), storage_entry(2, true)];
+        let constants = [("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE))];
+        Self::compile(
+            gpu,
+            "copy",
+            &copy_source(),
+            ENTRY_POINT,
+            &entries,
+            &constants,
+        )
     }
 
-    fn compile(
+    /// Compiles any compute shader against an explicit layout of one bind group, inside error
+    /// scopes. `constants` must name overrides the shader declares.
+    pub(crate) fn compile(
         gpu: &Gpu,
         label: &str,
         source: &str,
+        entry_point: &str,
         entries: &[wgpu::BindGroupLayoutEntry],
-        overrides: &[(&'static str, f64)],
+        constants: &[(&'static str, f64)],
     ) -> Result<Self> {
         let device = gpu.device();
         gpu.scoped(&format!("building the {label} kernel"), || {
@@ -167,15 +182,13 @@ impl Kernel {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
-            let mut constants = overrides.to_vec();
-            constants.push(("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)));
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(label),
                 layout: Some(&pipeline_layout),
                 module: &module,
-                entry_point: Some(ENTRY_POINT),
+                entry_point: Some(entry_point),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
+                    constants,
                     // The kernels use no workgroup memory.
                     zero_initialize_workgroup_memory: false,
                 },
@@ -186,10 +199,9 @@ impl Kernel {
     }
 }
 
-/// Binding 0: the per-step uniform (dynamic offset into a ring of slots); 1: parameters;
-/// 2: gradients (read-only); then the state buffers.
-fn layout_entries(shader: Shader) -> Vec<wgpu::BindGroupLayoutEntry> {
-    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+/// A storage buffer of f32 (at least one element) seen by compute shaders.
+pub(crate) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
@@ -198,20 +210,30 @@ fn layout_entries(shader: Shader) -> Vec<wgpu::BindGroupLayoutEntry> {
             min_binding_size: NonZeroU64::new(4),
         },
         count: None,
-    };
-    let uniform = wgpu::BindGroupLayoutEntry {
-        binding: 0,
+    }
+}
+
+/// A uniform of `bytes` bound with a dynamic offset into a ring of slots.
+pub(crate) fn uniform_ring_entry(binding: u32, bytes: u64) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Uniform,
             has_dynamic_offset: true,
-            min_binding_size: NonZeroU64::new(shader.uniform_struct().1 as u64),
+            min_binding_size: NonZeroU64::new(bytes),
         },
         count: None,
-    };
-    let mut entries = vec![uniform, storage(1, false), storage(2, true)];
+    }
+}
+
+/// Binding 0: the per-step uniform (dynamic offset into a ring of slots); 1: parameters;
+/// 2: gradients (read-only); then the state buffers.
+fn layout_entries(shader: Shader) -> Vec<wgpu::BindGroupLayoutEntry> {
+    let uniform = uniform_ring_entry(0, shader.uniform_struct().1 as u64);
+    let mut entries = vec![uniform, storage_entry(1, false), storage_entry(2, true)];
     let states = FIRST_STATE_BINDING..FIRST_STATE_BINDING + shader.state_bindings() as u32;
-    entries.extend(states.map(|b| storage(b, false)));
+    entries.extend(states.map(|b| storage_entry(b, false)));
     entries
 }
 
