@@ -1,13 +1,13 @@
 //! The fast CPU path (threads, wide vectors) gives the reference's numbers bit for bit, for
 //! every option set, at sizes that cross its block and task boundaries.
 
-use fusedopt::reference::{CpuOptimizer, Execution};
+use fusedopt::reference::{BLOCK, CpuOptimizer, Execution, FAST_TASK_ELEMENTS};
 use fusedopt::validate::{RandomProblem, schedule, variants};
 use fusedopt::{Optimizer, Result};
 use ndarray::{Array1, ArrayView1, s};
 
-/// One element; one past a block (4096); a few tasks (262,144) and a ragged tail.
-const SIZES: [usize; 3] = [1, 4097, 3 * 262_144 + 4096 + 5];
+/// One element; one past a block; blocks and a ragged tail.
+const SIZES: [usize; 3] = [1, BLOCK + 1, 17 * BLOCK + 5];
 const STEPS: u64 = 3;
 
 /// Index and values of the first element where the two differ in their bits.
@@ -65,6 +65,20 @@ fn fast_path_matches_the_reference_bit_for_bit() -> Result<()> {
         cases >= 300,
         "every option set at every size ({cases} runs)"
     );
+    Ok(())
+}
+
+#[test]
+fn fast_path_matches_across_task_borders() -> Result<()> {
+    // Two whole tasks, a block and a ragged tail, for each kernel with all its state on.
+    let len = 2 * FAST_TASK_ELEMENTS + BLOCK + 5;
+    for name in ["sgd", "adagrad", "rmsprop", "adadelta", "adam"] {
+        let fullest = variants(name)?
+            .into_iter()
+            .max_by_key(|c| c.state_names().len())
+            .expect("every optimizer has variants");
+        run_both(&fullest, len)?;
+    }
     Ok(())
 }
 

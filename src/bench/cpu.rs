@@ -2,18 +2,20 @@
 
 use std::time::Instant;
 
-use ndarray::Array1;
+use ndarray::{ArrayView1, ArrayViewMut1};
 use rayon::prelude::*;
 
 use super::{Implementation, Sampling, Summary, pattern};
 use crate::optim::Optimizer;
-use crate::reference::{CpuOptimizer, Execution};
+use crate::reference::{AlignedVec, CpuOptimizer, Execution};
 use crate::{Error, Result};
 
 /// One optimizer on the CPU over `sets` independent parameter sets, stepped in turn.
+/// Parameters and gradients start on cache lines, as the state does and as PyTorch's CPU
+/// tensors do.
 #[derive(Debug)]
 pub struct CpuSteps {
-    sets: Vec<(CpuOptimizer, Array1<f32>, Array1<f32>)>,
+    sets: Vec<(CpuOptimizer, AlignedVec, AlignedVec)>,
     next: usize,
 }
 
@@ -35,13 +37,9 @@ impl CpuSteps {
                 ));
             }
         };
-        let params = Array1::from(pattern(size, 1));
-        let grads = Array1::from(
-            pattern(size, 2)
-                .into_iter()
-                .map(|g| 0.1 * g)
-                .collect::<Vec<_>>(),
-        );
+        let params = AlignedVec::from_slice(&pattern(size, 1));
+        let grads: Vec<f32> = pattern(size, 2).into_iter().map(|g| 0.1 * g).collect();
+        let grads = AlignedVec::from_slice(&grads);
         let sets = (0..sets.max(1))
             .map(|_| {
                 let optimizer = CpuOptimizer::new(config.clone(), size)?.with_execution(execution);
@@ -57,11 +55,19 @@ impl CpuSteps {
         self.next = (index + 1) % self.sets.len();
         let (optimizer, params, grads) = &mut self.sets[index];
 
-        optimizer.step(params.view_mut(), grads.view())
+        optimizer.step(
+            ArrayViewMut1::from(params.as_mut_slice()),
+            ArrayView1::from(grads.as_slice()),
+        )
     }
 
-    /// Warms up, then times steps one by one.
+    /// Warms up, then times steps one by one. The warm-up steps every set once (their state
+    /// starts as untouched zero pages, and a first step would time the page faults), then
+    /// `sampling.warmup_steps` more.
     pub fn measure(&mut self, sampling: &Sampling) -> Result<Summary> {
+        for _ in 0..self.sets.len() {
+            self.step()?;
+        }
         let mut estimate = f64::INFINITY;
         for _ in 0..sampling.warmup_steps.max(1) {
             estimate = estimate.min(self.timed_step()?);

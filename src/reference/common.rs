@@ -1,13 +1,39 @@
-//! Mirrors of the helpers in `shaders/common.wgsl`.
+//! Mirrors of the helpers in `shaders/common.wgsl`, and the macro that makes the kernels'
+//! option flags compile-time constants as WGSL overrides are.
 
-/// `effective_grad` in common.wgsl: negate under maximize, add coupled weight decay.
+/// Expands `$body` once per combination of the boolean `flags`, each copy seeing every flag as a
+/// constant (`let flag = true;` or `false`). The kernels' loops then hold no test of an option:
+/// the compiler drops the dead branches of each copy, as a WGSL pipeline drops those of its
+/// `override`s, and vectorizes what is left. The arithmetic of each copy is unchanged.
+macro_rules! with_constant_flags {
+    ([], $body:block) => { $body };
+    ([$flag:ident $(, $rest:ident)*], $body:block) => {
+        if $flag {
+            let $flag = true;
+            with_constant_flags!([$($rest),*], $body)
+        } else {
+            let $flag = false;
+            with_constant_flags!([$($rest),*], $body)
+        }
+    };
+}
+pub(super) use with_constant_flags;
+
+/// `effective_grad` in common.wgsl: negate under maximize, add coupled weight decay when
+/// `decays` (`weight_decay != 0`, decided once per step rather than per element).
 #[inline(always)]
-pub(super) fn effective_grad(maximize: bool, g_raw: f32, p: f32, weight_decay: f32) -> f32 {
+pub(super) fn effective_grad(
+    maximize: bool,
+    decays: bool,
+    g_raw: f32,
+    p: f32,
+    weight_decay: f32,
+) -> f32 {
     let mut g = g_raw;
     if maximize {
         g = -g;
     }
-    if weight_decay != 0.0 {
+    if decays {
         g += weight_decay * p;
     }
     g

@@ -13,10 +13,12 @@ mod adagrad;
 mod adam;
 mod common;
 mod fast;
+
+pub use fast::TASK as FAST_TASK_ELEMENTS;
 mod rmsprop;
 mod sgd;
 
-use ndarray::{Array1, ArrayView1, ArrayViewMut1};
+use ndarray::{ArrayView1, ArrayViewMut1};
 
 use crate::optim::{
     Adadelta, AdadeltaScalars, Adagrad, AdagradScalars, Adam, AdamScalars, Optimizer, Rmsprop,
@@ -30,7 +32,7 @@ const MAX_STATE: usize = 3;
 /// Elements per inner loop. Unused state slots are bound to a spare block of this size, as the
 /// GPU binds placeholders, so that every loop runs over slices of one length and needs no
 /// bounds checks.
-const BLOCK: usize = 4096;
+pub const BLOCK: usize = 4096;
 
 /// How a [`CpuOptimizer`] runs its steps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,7 +54,43 @@ pub struct CpuOptimizer {
     step: u64,
     execution: Execution,
     /// One entry per state binding of the kernel; `None` where the configuration needs none.
-    state: Vec<Option<(StateSlot, Array1<f32>)>>,
+    state: Vec<Option<(StateSlot, AlignedVec)>>,
+}
+
+/// 64 bytes of f32, aligned to 64: the cache line, and the width of an AVX-512 register.
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct CacheLine([f32; 16]);
+
+/// An f32 tensor that starts on a cache line, as PyTorch's CPU allocator aligns tensors, so that
+/// the fast path's vector loads and stores of state never straddle two lines.
+#[derive(Clone, Debug)]
+pub(crate) struct AlignedVec {
+    lines: Vec<CacheLine>,
+    len: usize,
+}
+
+impl AlignedVec {
+    pub(crate) fn from_elem(len: usize, value: f32) -> Self {
+        Self {
+            lines: vec![CacheLine([value; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+
+    pub(crate) fn from_slice(values: &[f32]) -> Self {
+        let mut v = Self::from_elem(values.len(), 0.0);
+        v.as_mut_slice().copy_from_slice(values);
+        v
+    }
+
+    pub(crate) fn as_slice(&self) -> &[f32] {
+        &bytemuck::cast_slice(&self.lines)[..self.len]
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
+    }
 }
 
 impl CpuOptimizer {
@@ -65,7 +103,7 @@ impl CpuOptimizer {
             .rule()
             .state_slots()
             .into_iter()
-            .map(|slot| slot.map(|s| (s, Array1::from_elem(len, s.init))))
+            .map(|slot| slot.map(|s| (s, AlignedVec::from_elem(len, s.init))))
             .collect();
         Ok(Self {
             config,
@@ -102,7 +140,7 @@ impl CpuOptimizer {
         self.state
             .iter()
             .flatten()
-            .map(|(slot, a)| (slot.name, a.view()))
+            .map(|(slot, a)| (slot.name, ArrayView1::from(a.as_slice())))
             .collect()
     }
 
@@ -167,14 +205,11 @@ fn run(
     step: &Step<'_>,
     params: &mut [f32],
     grads: &[f32],
-    state: &mut [Option<(StateSlot, Array1<f32>)>],
+    state: &mut [Option<(StateSlot, AlignedVec)>],
 ) {
     let mut state: Vec<Option<&mut [f32]>> = state
         .iter_mut()
-        .map(|s| {
-            s.as_mut()
-                .map(|(_, a)| a.as_slice_mut().expect("state is contiguous"))
-        })
+        .map(|s| s.as_mut().map(|(_, a)| a.as_mut_slice()))
         .collect();
     state.resize_with(MAX_STATE, || None);
     let tensors = Tensors {
