@@ -86,8 +86,8 @@ impl CpuSteps {
     }
 }
 
-/// The CPU's copy bandwidth: a parallel `memcpy` of `size` f32 on all rayon threads, counted as
-/// the bytes read plus the bytes written (8 per element), like STREAM's copy.
+/// The CPU's copy bandwidth: a parallel `memcpy` of `size` f32 on all rayon threads, in pieces
+/// of 1 MiB (see [`super::CPU_COPY_BYTES`] for how its bytes are counted).
 pub fn cpu_copy_bandwidth(size: usize, sampling: &Sampling) -> Summary {
     const PIECE: usize = 1 << 18;
     let source = pattern(size, 3);

@@ -85,7 +85,7 @@ pub fn table(report: &BenchReport) -> String {
     let r = &report.roofline;
     let _ = writeln!(
         out,
-        "roofline (copy of {} f32, read + write): CPU {:.1} GB/s ({}){}",
+        "roofline (copy of {} f32): CPU {:.1} GB/s ({}){}",
         format_size(r.size),
         r.cpu_bytes_per_s / 1e9,
         report.cpu,
@@ -206,11 +206,15 @@ pub fn markdown(report: &BenchReport, charts: &[(String, String)], command: &str
     );
     let _ = writeln!(
         md,
-        "- roofline: copy of {} f32 (bytes read + written): CPU {:.1} GB/s{}",
+        "- roofline: copy of {} f32: CPU {:.1} GB/s (memcpy, 12 B per element: read, read for \
+         ownership, write), GPU {}",
         format_size(r.size),
         r.cpu_bytes_per_s / 1e9,
         r.gpu_bytes_per_s
-            .map_or(String::new(), |bw| format!(", GPU {:.1} GB/s", bw / 1e9))
+            .map_or("not measured".to_string(), |bw| format!(
+                "{:.1} GB/s (copy kernel, 8 B per element)",
+                bw / 1e9
+            ))
     );
     let clocks: Vec<&str> = step_rows(report)
         .filter(|r| r.implementation == Implementation::Gpu)
@@ -231,7 +235,8 @@ pub fn markdown(report: &BenchReport, charts: &[(String, String)], command: &str
          Adagrad / RMSprop / SGD-momentum 20 B, Adam / AdamW / Adadelta / RMSprop centered or \
          momentum 28 B, AMSGrad and RMSprop centered+momentum 36 B); `roof` is that over the \
          copy bandwidth of the same device measured in the same run, so 100 % means the step \
-         runs as fast as copying its bytes. `gpu×fast` is the fast CPU path's median time over \
+         moves its bytes as fast as the copy (a CPU step that reads more than it writes can pass \
+         100 %: memory serves reads faster than writes). `gpu×fast` is the fast CPU path's median time over \
          the GPU's. Small sizes rotate over several parameter sets (`rotation_sets` in \
          results.json) that together exceed the caches.\n"
     );
