@@ -12,13 +12,20 @@ use super::{BLOCK, Step, Tensors};
 /// threads), small enough that threads share the tail evenly.
 pub const TASK: usize = 256 * BLOCK;
 
-/// One step over all of `tensors`.
+/// Fewest elements per task, so that a small step is not split into tasks costing more to
+/// schedule than to run.
+const MIN_TASK: usize = 4 * BLOCK;
+
+/// One step over all of `tensors`, in tasks of at most [`TASK`] elements and at least one per
+/// thread where there is enough work.
 pub(super) fn step(step: &Step<'_>, tensors: Tensors<'_>) {
     let kernel = kernel();
-    let mut tasks = Vec::with_capacity(tensors.len().div_ceil(TASK));
+    let per_thread = tensors.len().div_ceil(rayon::current_num_threads());
+    let task = per_thread.next_multiple_of(BLOCK).clamp(MIN_TASK, TASK);
+    let mut tasks = Vec::with_capacity(tensors.len().div_ceil(task));
     let mut rest = tensors;
-    while rest.len() > TASK {
-        let (head, tail) = rest.split_at(TASK);
+    while rest.len() > task {
+        let (head, tail) = rest.split_at(task);
         tasks.push(head);
         rest = tail;
     }
