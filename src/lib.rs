@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+mod chart;
 pub mod compare;
 pub mod demo;
 mod error;

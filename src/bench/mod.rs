@@ -544,24 +544,18 @@ pub fn run(
                 } else {
                     roofline.gpu_bytes_per_s.unwrap_or(f64::NAN)
                 };
-                let bytes_per_s = summary.bytes_per_s(size, bytes);
-                rows.push(Row {
-                    optimizer: case.optimizer.to_string(),
-                    variant: case.variant.to_string(),
+                rows.push(Row::new(
+                    case.optimizer,
+                    case.variant,
                     size,
                     implementation,
-                    median_s: summary.median_s,
-                    min_s: summary.min_s,
-                    max_s: summary.max_s,
-                    samples: summary.samples,
-                    elements_per_s: size as f64 / summary.median_s,
-                    bytes_per_s,
-                    bytes_per_element: bytes,
-                    roofline_fraction: bytes_per_s / roof,
-                    adapter: adapter.unwrap_or_default(),
+                    &summary,
+                    bytes,
+                    roof,
+                    adapter.unwrap_or_default(),
                     clock,
-                    rotation_sets: sets,
-                });
+                    sets,
+                ));
             }
         }
     }
@@ -589,22 +583,55 @@ fn roofline_row(
     adapter: String,
     clock: Clock,
 ) -> Row {
-    Row {
-        optimizer: "copy".into(),
-        variant: "roofline".into(),
+    let bandwidth = summary.bytes_per_s(size, bytes_per_element);
+    Row::new(
+        "copy",
+        "roofline",
         size,
         implementation,
-        median_s: summary.median_s,
-        min_s: summary.min_s,
-        max_s: summary.max_s,
-        samples: summary.samples,
-        elements_per_s: size as f64 / summary.median_s,
-        bytes_per_s: summary.bytes_per_s(size, bytes_per_element),
+        summary,
         bytes_per_element,
-        roofline_fraction: 1.0,
+        bandwidth,
         adapter,
         clock,
-        rotation_sets: 1,
+        1,
+    )
+}
+
+impl Row {
+    /// A row from a measurement of `size` elements moving `bytes_per_element` each, against a
+    /// roofline of `roofline_bytes_per_s`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        optimizer: &str,
+        variant: &str,
+        size: usize,
+        implementation: Implementation,
+        summary: &Summary,
+        bytes_per_element: usize,
+        roofline_bytes_per_s: f64,
+        adapter: String,
+        clock: Clock,
+        rotation_sets: usize,
+    ) -> Self {
+        let bytes_per_s = summary.bytes_per_s(size, bytes_per_element);
+        Self {
+            optimizer: optimizer.to_string(),
+            variant: variant.to_string(),
+            size,
+            implementation,
+            median_s: summary.median_s,
+            min_s: summary.min_s,
+            max_s: summary.max_s,
+            samples: summary.samples,
+            elements_per_s: size as f64 / summary.median_s,
+            bytes_per_s,
+            bytes_per_element,
+            roofline_fraction: bytes_per_s / roofline_bytes_per_s,
+            adapter,
+            clock,
+            rotation_sets,
+        }
     }
 }
 

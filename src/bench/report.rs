@@ -79,6 +79,33 @@ fn median_of(report: &BenchReport, like: &Row, implementation: Implementation) -
         .map(|r| r.median_s)
 }
 
+/// One row's cells, as both tables show them: case, size, implementation, median, min, max,
+/// G elements/s, GB/s, roofline percentage, GPU speed-up over the fast CPU path, clock.
+fn cells(report: &BenchReport, row: &Row) -> [String; 11] {
+    let speedup = match row.implementation {
+        Implementation::Gpu => median_of(report, row, Implementation::CpuFast)
+            .map_or(String::new(), |fast| format!("{:.1}×", fast / row.median_s)),
+        _ => String::new(),
+    };
+    let clock = match row.clock {
+        super::Clock::Timestamp => "timestamp",
+        super::Clock::Wall => "wall",
+    };
+    [
+        label(row),
+        format_size(row.size),
+        row.implementation.name().to_string(),
+        format_seconds(row.median_s),
+        format_seconds(row.min_s),
+        format_seconds(row.max_s),
+        format!("{:.3}", row.elements_per_s / 1e9),
+        format!("{:.1}", row.bytes_per_s / 1e9),
+        format!("{:.0}%", row.roofline_fraction * 100.0),
+        speedup,
+        clock.to_string(),
+    ]
+}
+
 /// The table printed on the terminal.
 pub fn table(report: &BenchReport) -> String {
     let mut out = String::new();
@@ -110,28 +137,23 @@ pub fn table(report: &BenchReport) -> String {
         "clock"
     );
     for row in step_rows(report) {
-        let speedup = match row.implementation {
-            Implementation::Gpu => median_of(report, row, Implementation::CpuFast)
-                .map_or(String::new(), |fast| format!("{:.1}×", fast / row.median_s)),
-            _ => String::new(),
-        };
+        let [
+            label,
+            size,
+            implementation,
+            median,
+            min,
+            max,
+            gelem,
+            gbs,
+            roof,
+            speedup,
+            clock,
+        ] = cells(report, row);
         let _ = writeln!(
             out,
-            "{:<26} {:>6} {:<13} {:>10} {:>10} {:>10} {:>9.3} {:>8.1} {:>5.0}% {:>8} {:<9}",
-            label(row),
-            format_size(row.size),
-            row.implementation.name(),
-            format_seconds(row.median_s),
-            format_seconds(row.min_s),
-            format_seconds(row.max_s),
-            row.elements_per_s / 1e9,
-            row.bytes_per_s / 1e9,
-            row.roofline_fraction * 100.0,
-            speedup,
-            match row.clock {
-                super::Clock::Timestamp => "timestamp",
-                super::Clock::Wall => "wall",
-            }
+            "{label:<26} {size:>6} {implementation:<13} {median:>10} {min:>10} {max:>10} \
+             {gelem:>9} {gbs:>8} {roof:>6} {speedup:>8} {clock:<9}"
         );
     }
     for s in &report.skipped {
@@ -251,25 +273,8 @@ pub fn markdown(report: &BenchReport, charts: &[(String, String)], command: &str
     );
     let _ = writeln!(md, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in step_rows(report) {
-        let speedup = match row.implementation {
-            Implementation::Gpu => median_of(report, row, Implementation::CpuFast)
-                .map_or(String::new(), |fast| format!("{:.1}×", fast / row.median_s)),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.1} | {:.0} % | {} |",
-            label(row),
-            format_size(row.size),
-            row.implementation.name(),
-            format_seconds(row.median_s),
-            format_seconds(row.min_s),
-            format_seconds(row.max_s),
-            row.elements_per_s / 1e9,
-            row.bytes_per_s / 1e9,
-            row.roofline_fraction * 100.0,
-            speedup
-        );
+        let cells = cells(report, row);
+        let _ = writeln!(md, "| {} |", cells[..10].join(" | "));
     }
     if !report.skipped.is_empty() {
         let _ = writeln!(md, "\n## Skipped\n");
@@ -291,17 +296,7 @@ fn chart_error(path: &Path) -> impl Fn(String) -> Error + '_ {
 
 /// Colour per case label, stable across charts.
 fn colour(index: usize) -> RGBColor {
-    const COLOURS: [RGBColor; 8] = [
-        RGBColor(31, 119, 180),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-        RGBColor(148, 103, 189),
-        RGBColor(255, 127, 14),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-        RGBColor(23, 190, 207),
-    ];
-    COLOURS[index % COLOURS.len()]
+    crate::chart::PALETTE[index % crate::chart::PALETTE.len()]
 }
 
 /// Line width per implementation: the GPU boldest, the reference thinnest.

@@ -12,17 +12,8 @@ use plotters::prelude::*;
 use super::{Experiment, Iterations, RunReport, report};
 use crate::{Error, Result};
 
-/// Distinguishable line colours (Tableau 10), one per run.
-const COLORS: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
+/// Distinguishable line colours, one per run.
+const COLORS: [RGBColor; 8] = crate::chart::PALETTE;
 
 /// Iteration counts beyond this get a logarithmic axis.
 const LOG_X_ABOVE: f64 = 2000.0;
