@@ -431,45 +431,33 @@ fn series_by_case(
 }
 
 fn throughput_chart(report: &BenchReport, optimizer: &str, path: &Path) -> Result<()> {
-    let area = SVGBackend::new(path, (960, 600)).into_drawing_area();
     let series = series_by_case(
         report,
         |r| r.optimizer == optimizer,
         |r| Some(r.elements_per_s),
     );
-    area.fill(&WHITE)
-        .map_err(|e| e.to_string())
-        .and_then(|_| {
-            line_chart(
-                &area,
-                &format!("{optimizer}: elements per second (thick: GPU, medium: CPU fast, thin: CPU reference)"),
-                "elements / s",
-                &series,
-                true,
-            )
-        })
-        .and_then(|_| area.present().map_err(|e| e.to_string()))
-        .map_err(chart_error(path))
+    let title = format!(
+        "{optimizer}: elements per second (thick: GPU, medium: CPU fast, thin: CPU reference)"
+    );
+    log_log_chart(path, &title, "elements / s", &series)
 }
 
 fn speedup_chart(report: &BenchReport, path: &Path) -> Result<()> {
-    let area = SVGBackend::new(path, (960, 600)).into_drawing_area();
     let series = series_by_case(
         report,
         |r| r.implementation == Implementation::Gpu,
         |r| median_of(report, r, Implementation::CpuFast).map(|fast| fast / r.median_s),
     );
+    let title = "GPU speed-up over the fast CPU path (step time ratio)";
+    log_log_chart(path, title, "CPU fast time / GPU time", &series)
+}
+
+/// One log-log chart of `series` in its own SVG file.
+fn log_log_chart(path: &Path, title: &str, y_desc: &str, series: &[Series]) -> Result<()> {
+    let area = SVGBackend::new(path, (960, 600)).into_drawing_area();
     area.fill(&WHITE)
         .map_err(|e| e.to_string())
-        .and_then(|_| {
-            line_chart(
-                &area,
-                "GPU speed-up over the fast CPU path (step time ratio)",
-                "CPU fast time / GPU time",
-                &series,
-                true,
-            )
-        })
+        .and_then(|_| line_chart(&area, title, y_desc, series, true))
         .and_then(|_| area.present().map_err(|e| e.to_string()))
         .map_err(chart_error(path))
 }
