@@ -376,7 +376,12 @@ fn line_chart(
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .label_font(("sans-serif", 12))
-                .position(SeriesLabelPosition::UpperLeft)
+                // Percentages start at 0 and sit high: their empty corner is the lower one.
+                .position(if log_y {
+                    SeriesLabelPosition::UpperLeft
+                } else {
+                    SeriesLabelPosition::LowerRight
+                })
                 .draw()
                 .map_err(e)?;
         }};
