@@ -15,6 +15,6 @@ pub mod validate;
 
 pub use compare::{ErrorStats, Tolerance};
 pub use error::{Error, Result};
-pub use gpu::{BufferRange, Gpu, GpuOptimizer, GpuOptions};
+pub use gpu::{BufferRange, BufferSet, Gpu, GpuOptimizer, GpuOptions, Piece};
 pub use optim::{Adadelta, Adagrad, Adam, Optimizer, Rmsprop, Sgd};
 pub use reference::CpuOptimizer;

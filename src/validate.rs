@@ -8,9 +8,9 @@ use rand_distr::StandardNormal;
 
 use crate::Result;
 use crate::compare::{ErrorStats, Tolerance};
-use crate::gpu::{Gpu, GpuOptimizer};
+use crate::gpu::{BufferSet, Gpu, GpuOptimizer};
 use crate::optim::{Adadelta, Adagrad, Adam, Optimizer, Rmsprop, Sgd};
-use crate::reference::CpuOptimizer;
+use crate::reference::{CpuOptimizer, Execution};
 
 /// Every option combination that changes the arithmetic, for the optimizer called `name`,
 /// with hyperparameters away from zero so that every term contributes.
@@ -185,7 +185,9 @@ impl CaseReport {
 }
 
 /// Runs `config` for `steps` steps on the GPU and on the CPU reference from the same seeded
-/// data, comparing parameters and every state tensor after each step.
+/// data, comparing parameters and every state tensor after each step. The parameters live in a
+/// [`BufferSet`], so sizes past `max_buffer_size` work; the CPU side runs the reference's code
+/// on all threads ([`Execution::Fast`], bit-identical to [`Execution::Reference`]).
 pub fn gpu_against_cpu(
     gpu: &Gpu,
     config: &Optimizer,
@@ -196,10 +198,10 @@ pub fn gpu_against_cpu(
 ) -> Result<CaseReport> {
     let mut problem = RandomProblem::new(size, seed);
     let mut cpu_params = problem.params.clone();
-    let params = gpu.upload("validate/params", &problem.params)?;
-    let grads = gpu.zeros("validate/grads", size)?;
-    let mut gpu_opt = GpuOptimizer::new(gpu, config.clone(), &params, &grads)?;
-    let mut cpu_opt = CpuOptimizer::new(config.clone(), size)?;
+    let params = BufferSet::upload(gpu, "validate/params", &problem.params)?;
+    let grads = BufferSet::zeros(gpu, "validate/grads", size)?;
+    let mut gpu_opt = GpuOptimizer::with_pieces(gpu, config.clone(), &params.pieces(&grads)?)?;
+    let mut cpu_opt = CpuOptimizer::new(config.clone(), size)?.with_execution(Execution::Fast);
     let mut tensors: Vec<(&'static str, ErrorStats)> = vec![("param", ErrorStats::default())];
     tensors.extend(
         config
@@ -210,7 +212,7 @@ pub fn gpu_against_cpu(
     for t in 1..=steps {
         let g = problem.next_grad();
         let lr = schedule(config.lr(), t);
-        gpu.write(&grads, 0, &g)?;
+        grads.write(gpu, &g)?;
         gpu_opt.step_with_lr(gpu, lr)?;
         cpu_opt.step_with_lr(
             ArrayViewMut1::from(&mut cpu_params[..]),

@@ -69,36 +69,6 @@ fn adamw_variants_match_the_reference() {
     check_all_variants("adamw");
 }
 
-/// The configurations with the most state per optimizer.
-fn fullest_configs() -> Vec<Optimizer> {
-    vec![
-        Sgd {
-            momentum: 0.9,
-            weight_decay: 1e-2,
-            ..Sgd::default()
-        }
-        .into(),
-        Adagrad {
-            initial_accumulator_value: 0.1,
-            lr_decay: 0.01,
-            ..Adagrad::default()
-        }
-        .into(),
-        Rmsprop {
-            centered: true,
-            momentum: 0.5,
-            ..Rmsprop::default()
-        }
-        .into(),
-        Optimizer::default_for("adadelta").unwrap(),
-        Adam {
-            amsgrad: true,
-            ..Adam::adamw()
-        }
-        .into(),
-    ]
-}
-
 /// Poison value around the stepped range: any write outside it shows.
 const POISON: f32 = -7.777e33;
 
@@ -108,7 +78,7 @@ const POISON: f32 = -7.777e33;
 fn nothing_outside_the_range_is_touched() {
     let Some(gpu) = common::gpu() else { return };
     let margin = u64::from(gpu.limits().storage_offset_alignment) / 4;
-    for config in fullest_configs() {
+    for config in common::fullest_configs() {
         for size in [1usize, 255, 257, 1000] {
             let mut problem = RandomProblem::new(size, 7);
             let total = margin as usize * 2 + size;
@@ -166,7 +136,7 @@ fn multi_chunk_steps_match_the_reference_at_every_border() {
     gpu.set_max_chunk_bytes(chunk_bytes).unwrap();
     let chunk = (chunk_bytes / 4) as usize;
     let size = 3 * chunk + 1001;
-    for config in fullest_configs() {
+    for config in common::fullest_configs() {
         let report = gpu_against_cpu(&gpu, &config, size, 2, 11, &Tolerance::F32).unwrap();
         assert!(
             report.overall().passed(),

@@ -1,9 +1,11 @@
 //! Device handling: choosing an adapter, turning wgpu errors into `Result`s, uploads and bulk
 //! readback. [`Gpu`] either creates its own device or wraps the caller's.
 
+mod buffer_set;
 mod optimizer;
 
-pub use optimizer::{BufferRange, GpuOptimizer, STEPS_PER_SUBMISSION};
+pub use buffer_set::BufferSet;
+pub use optimizer::{BufferRange, GpuOptimizer, Piece, STEPS_PER_SUBMISSION};
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -219,6 +221,27 @@ impl Gpu {
             });
         }
         self.limits.chunk_bytes = bytes;
+        Ok(())
+    }
+
+    /// Lowers the largest buffer fusedopt creates (default: the device's `max_buffer_size`), so
+    /// that sets spanning several buffers can be exercised on small data. `bytes` must be a
+    /// positive multiple of the storage offset alignment and at most the device's limit.
+    pub fn set_max_buffer_bytes(&mut self, bytes: u64) -> Result<()> {
+        let align = u64::from(self.limits.storage_offset_alignment);
+        if bytes == 0
+            || !bytes.is_multiple_of(align)
+            || bytes > self.device.limits().max_buffer_size
+        {
+            return Err(Error::Unsupported {
+                optimizer: "fusedopt",
+                message: format!(
+                    "buffer size {bytes} must be a positive multiple of {align} bytes and at most {}",
+                    self.device.limits().max_buffer_size
+                ),
+            });
+        }
+        self.limits.max_buffer_bytes = bytes;
         Ok(())
     }
 

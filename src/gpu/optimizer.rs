@@ -42,6 +42,17 @@ impl<'a> From<&'a wgpu::Buffer> for BufferRange<'a> {
     }
 }
 
+/// One buffer's share of a parameter set: parameters and their gradients, of equal length.
+/// A set larger than `max_buffer_size` (or than 4 GiB) is several pieces, stepped together by
+/// one [`GpuOptimizer`] ([`GpuOptimizer::with_pieces`], [`crate::gpu::BufferSet`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Piece<'a> {
+    /// The parameters.
+    pub params: BufferRange<'a>,
+    /// Their gradients.
+    pub grads: BufferRange<'a>,
+}
+
 /// One dispatch: a bind group over one chunk of every tensor, and its workgroup counts.
 #[derive(Debug)]
 struct Chunk {
@@ -49,8 +60,17 @@ struct Chunk {
     groups: (u32, u32),
 }
 
-/// An optimizer bound to one parameter range and its gradient range: it owns the optimizer
-/// state on the GPU and steps all elements with one fused kernel, one dispatch per chunk.
+/// What the optimizer keeps of one piece: where its parameters are, and its state.
+#[derive(Debug)]
+struct PieceState {
+    params: wgpu::Buffer,
+    offset: u64,
+    len: usize,
+    state: Vec<(StateSlot, wgpu::Buffer)>,
+}
+
+/// An optimizer bound to a parameter set and its gradients: it owns the optimizer state on the
+/// GPU and steps all elements with one fused kernel, one dispatch per chunk.
 ///
 /// Like a `torch.optim` optimizer it is created for its parameters; the bind groups are made
 /// once, so a step only writes a few bytes of scalars and records the dispatches.
@@ -59,9 +79,7 @@ pub struct GpuOptimizer {
     config: Optimizer,
     kernel: Arc<Kernel>,
     len: usize,
-    params: wgpu::Buffer,
-    params_offset: u64,
-    state: Vec<(StateSlot, wgpu::Buffer)>,
+    pieces: Vec<PieceState>,
     uniform: wgpu::Buffer,
     uniform_stride: u64,
     chunks: Vec<Chunk>,
@@ -77,40 +95,51 @@ impl GpuOptimizer {
         params: impl Into<BufferRange<'a>>,
         grads: impl Into<BufferRange<'a>>,
     ) -> Result<Self> {
+        let piece = Piece {
+            params: params.into(),
+            grads: grads.into(),
+        };
+        Self::with_pieces(gpu, config, &[piece])
+    }
+
+    /// Creates one optimizer for a parameter set held in several buffers (pieces, in order),
+    /// as a set past `max_buffer_size` must be. Each piece gets its own state buffers; a step
+    /// dispatches over every chunk of every piece.
+    pub fn with_pieces(
+        gpu: &Gpu,
+        config: impl Into<Optimizer>,
+        pieces: &[Piece<'_>],
+    ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        let (params, grads) = (params.into(), grads.into());
-        check_range(gpu, "params", &params, wgpu::BufferUsages::STORAGE)?;
-        check_range(gpu, "grads", &grads, wgpu::BufferUsages::STORAGE)?;
-        if grads.len != params.len {
-            return Err(Error::LengthMismatch {
-                what: "grads".into(),
-                expected: params.len,
-                got: grads.len,
+        if pieces.is_empty() {
+            return Err(Error::InvalidBuffer {
+                what: "params".into(),
+                message: "a parameter set needs at least one piece".into(),
             });
+        }
+        for piece in pieces {
+            check_range(gpu, "params", &piece.params, wgpu::BufferUsages::STORAGE)?;
+            check_range(gpu, "grads", &piece.grads, wgpu::BufferUsages::STORAGE)?;
+            if piece.grads.len != piece.params.len {
+                return Err(Error::LengthMismatch {
+                    what: "grads".into(),
+                    expected: piece.params.len,
+                    got: piece.grads.len,
+                });
+            }
         }
         let rule = config.rule();
         let kernel = gpu.kernel(rule.shader(), &rule.overrides())?;
         let name = config.name();
 
-        let mut state = Vec::new();
-        let mut placeholders = Vec::new();
-        for slot in rule.state_slots() {
-            match slot {
-                Some(slot) => {
-                    let buffer = gpu.zeros(&format!("{name}/{}", slot.name), params.len)?;
-                    if slot.init != 0.0 {
-                        gpu.fill(&buffer, 0, params.len as u64, slot.init)?;
-                    }
-                    state.push(Some((slot, buffer)));
-                }
-                // Bound but never touched: the override constant disables its code path.
-                None => {
-                    placeholders.push(gpu.zeros(&format!("{name}/unused"), 1)?);
-                    state.push(None);
-                }
-            }
-        }
+        // Bound but never touched: the override constant disables their code path.
+        let placeholders = rule
+            .state_slots()
+            .iter()
+            .filter(|s| s.is_none())
+            .map(|_| gpu.zeros(&format!("{name}/unused"), 1))
+            .collect::<Result<Vec<_>>>()?;
 
         let uniform_size = rule.shader().uniform_struct().1 as u64;
         let uniform_stride =
@@ -124,17 +153,44 @@ impl GpuOptimizer {
             })
         })?;
 
-        let chunk_elements = gpu.limits().chunk_elements();
         let mut chunks = Vec::new();
-        let mut start = 0u64;
-        while start < params.len as u64 {
-            let n = (params.len as u64 - start).min(chunk_elements);
-            let mut placeholder = placeholders.iter();
-            let state_bindings: Vec<(u32, wgpu::BufferBinding<'_>)> = state
-                .iter()
-                .enumerate()
-                .map(|(k, entry)| {
-                    let binding = match entry {
+        let mut states = Vec::with_capacity(pieces.len());
+        for (index, piece) in pieces.iter().enumerate() {
+            let (params, grads) = (piece.params, piece.grads);
+            let mut state = Vec::new();
+            for slot in rule.state_slots() {
+                state.push(match slot {
+                    Some(slot) => {
+                        let label = format!("{name}/{}#{index}", slot.name);
+                        let buffer = gpu.zeros(&label, params.len)?;
+                        if slot.init != 0.0 {
+                            gpu.fill(&buffer, 0, params.len as u64, slot.init)?;
+                        }
+                        Some((slot, buffer))
+                    }
+                    None => None,
+                });
+            }
+
+            let chunk_elements = gpu.limits().chunk_elements();
+            let mut start = 0u64;
+            while start < params.len as u64 {
+                let n = (params.len as u64 - start).min(chunk_elements);
+                let mut placeholder = placeholders.iter();
+                let mut entries = vec![
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &uniform,
+                            offset: 0,
+                            size: NonZeroU64::new(uniform_size),
+                        }),
+                    },
+                    entry(1, elements(params.buffer, params.offset + start, n)),
+                    entry(2, elements(grads.buffer, grads.offset + start, n)),
+                ];
+                for (k, slot) in state.iter().enumerate() {
+                    let binding = match slot {
                         Some((_, buffer)) => elements(buffer, start, n),
                         // One placeholder per unused binding, in order.
                         None => elements(
@@ -143,45 +199,32 @@ impl GpuOptimizer {
                             1,
                         ),
                     };
-                    (FIRST_STATE_BINDING + k as u32, binding)
-                })
-                .collect();
-            let mut entries = vec![
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &uniform,
-                        offset: 0,
-                        size: NonZeroU64::new(uniform_size),
-                    }),
-                },
-                entry(1, elements(params.buffer, params.offset + start, n)),
-                entry(2, elements(grads.buffer, grads.offset + start, n)),
-            ];
-            entries.extend(
-                state_bindings
-                    .into_iter()
-                    .map(|(b, binding)| entry(b, binding)),
-            );
-            let bind_group = gpu.scoped("creating bind groups", || {
-                gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&format!("{name}/chunk@{start}")),
-                    layout: &kernel.layout,
-                    entries: &entries,
-                })
-            })?;
-            let groups = workgroups(n as u32, gpu.limits().max_workgroups_per_dimension);
-            chunks.push(Chunk { bind_group, groups });
-            start += n;
+                    entries.push(entry(FIRST_STATE_BINDING + k as u32, binding));
+                }
+                let bind_group = gpu.scoped("creating bind groups", || {
+                    gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(&format!("{name}#{index}/chunk@{start}")),
+                        layout: &kernel.layout,
+                        entries: &entries,
+                    })
+                })?;
+                let groups = workgroups(n as u32, gpu.limits().max_workgroups_per_dimension);
+                chunks.push(Chunk { bind_group, groups });
+                start += n;
+            }
+            states.push(PieceState {
+                params: params.buffer.clone(),
+                offset: params.offset,
+                len: params.len,
+                state: state.into_iter().flatten().collect(),
+            });
         }
 
         Ok(Self {
             config,
             kernel,
-            len: params.len,
-            params: params.buffer.clone(),
-            params_offset: params.offset,
-            state: state.into_iter().flatten().collect(),
+            len: states.iter().map(|p| p.len).sum(),
+            pieces: states,
             uniform,
             uniform_stride,
             chunks,
@@ -298,16 +341,27 @@ impl GpuOptimizer {
             .inspect_err(|_| self.step = before)
     }
 
-    /// Reads the parameters back.
+    /// Reads the parameters back (all pieces, in order).
     pub fn read_params(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        gpu.download(&self.params, self.params_offset, self.len)
+        let mut out = Vec::with_capacity(self.len);
+        for piece in &self.pieces {
+            out.extend(gpu.download(&piece.params, piece.offset, piece.len)?);
+        }
+        Ok(out)
     }
 
-    /// Reads every state tensor back, by PyTorch's state name, in binding order.
+    /// Reads every state tensor back (all pieces, in order), by PyTorch's state name, in
+    /// binding order.
     pub fn read_state(&self, gpu: &Gpu) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        self.state
-            .iter()
-            .map(|(slot, buffer)| Ok((slot.name, gpu.download(buffer, 0, self.len)?)))
+        let slots = self.pieces.first().map_or(0, |p| p.state.len());
+        (0..slots)
+            .map(|k| {
+                let mut values = Vec::with_capacity(self.len);
+                for piece in &self.pieces {
+                    values.extend(gpu.download(&piece.state[k].1, 0, piece.len)?);
+                }
+                Ok((self.pieces[0].state[k].0.name, values))
+            })
             .collect()
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use fusedopt::Gpu;
+use fusedopt::{Adagrad, Adam, Gpu, Optimizer, Rmsprop, Sgd};
 
 /// Environment variable that turns a missing adapter from a failure into a skip.
 pub const SKIP_VAR: &str = "FUSEDOPT_SKIP_GPU_TESTS";
@@ -50,4 +50,34 @@ pub fn compare(got: &[f32], want: &[f32]) -> fusedopt::ErrorStats {
     let mut stats = fusedopt::ErrorStats::default();
     stats.add(&fusedopt::Tolerance::F32, 1, got, want);
     stats
+}
+
+/// The configurations with the most state per optimizer.
+pub fn fullest_configs() -> Vec<Optimizer> {
+    vec![
+        Sgd {
+            momentum: 0.9,
+            weight_decay: 1e-2,
+            ..Sgd::default()
+        }
+        .into(),
+        Adagrad {
+            initial_accumulator_value: 0.1,
+            lr_decay: 0.01,
+            ..Adagrad::default()
+        }
+        .into(),
+        Rmsprop {
+            centered: true,
+            momentum: 0.5,
+            ..Rmsprop::default()
+        }
+        .into(),
+        Optimizer::default_for("adadelta").unwrap(),
+        Adam {
+            amsgrad: true,
+            ..Adam::adamw()
+        }
+        .into(),
+    ]
 }
