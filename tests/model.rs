@@ -1,0 +1,126 @@
+//! Whole models in flat buffers: a GPT-2-shaped model of 148 tensors in two parameter groups
+//! with their own hyperparameters steps in one dispatch per group chunk, matches the CPU
+//! reference tensor by tensor, leaves the padding at zero, and records into the caller's
+//! encoder after its "backward pass" so that one submit does both.
+
+mod common;
+
+use fusedopt::model::{decay_group, transformer_tensors};
+use fusedopt::validate::RandomProblem;
+use fusedopt::{Adam, BufferRange, CpuOptimizer, ModelLayout, ModelOptimizer, Optimizer};
+use ndarray::{ArrayView1, ArrayViewMut1};
+
+fn adamw_groups() -> Vec<Optimizer> {
+    vec![
+        Adam {
+            lr: 1e-3,
+            weight_decay: 0.1,
+            ..Adam::adamw()
+        }
+        .into(),
+        Adam {
+            lr: 3e-3,
+            weight_decay: 0.0,
+            ..Adam::adamw()
+        }
+        .into(),
+    ]
+}
+
+#[test]
+fn a_transformer_steps_in_one_dispatch_per_group_and_matches_the_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    let tensors = transformer_tensors(64, 12, 1000, 128);
+    let align = ModelLayout::device_alignment(gpu);
+    let layout = ModelLayout::new(&tensors, 2, decay_group, align).unwrap();
+    let n = layout.len();
+    let mut problem = RandomProblem::new(layout.params(), 17);
+    // Parameters and gradients per tensor, scattered into the flat layout (padding zero).
+    let mut cursor = 0;
+    let offsets: Vec<usize> = layout
+        .segments()
+        .iter()
+        .map(|s| {
+            cursor += s.len;
+            cursor - s.len
+        })
+        .collect();
+    let scatter = |dense: &[f32]| {
+        layout
+            .flatten(|s| {
+                let k = layout.segments().iter().position(|t| t == s).unwrap();
+                &dense[offsets[k]..offsets[k] + s.len]
+            })
+            .unwrap()
+    };
+    let mut expected = scatter(&problem.params);
+    let params = gpu.upload("model/params", &expected).unwrap();
+    let grads = gpu.zeros("model/grads", n).unwrap();
+    let backward = gpu.zeros("model/backward output", n).unwrap();
+    let configs = adamw_groups();
+    let mut model = ModelOptimizer::new(
+        gpu,
+        layout.clone(),
+        BufferRange::whole(&params),
+        BufferRange::whole(&grads),
+        &configs,
+    )
+    .unwrap();
+    assert_eq!(
+        model.dispatches_per_step(),
+        2,
+        "one dispatch per group, not one per tensor"
+    );
+    let mut cpu: Vec<CpuOptimizer> = layout
+        .group_ranges()
+        .iter()
+        .zip(&configs)
+        .map(|(&(_, len), c)| CpuOptimizer::new(c.clone(), len).unwrap())
+        .collect();
+    for _ in 0..3 {
+        let g = scatter(&problem.next_grad());
+        // The caller's backward pass writes its gradients in the same encoder, before the step.
+        gpu.write(&backward, 0, &g).unwrap();
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&backward, 0, &grads, 0, (n * 4) as u64);
+        model.record_step(gpu, &mut encoder).unwrap();
+        gpu.queue().submit([encoder.finish()]);
+        for ((start, len), opt) in layout.group_ranges().iter().zip(&mut cpu) {
+            opt.step(
+                ArrayViewMut1::from(&mut expected[*start..start + len]),
+                ArrayView1::from(&g[*start..start + len]),
+            )
+            .unwrap();
+        }
+    }
+    let got = gpu.download(&params, 0, n).unwrap();
+    for segment in layout.segments() {
+        let range = segment.offset..segment.offset + segment.len;
+        let stats = common::compare(&got[range.clone()], &expected[range]);
+        assert!(stats.passed(), "{}: {stats:?}", segment.tensor.name);
+    }
+    let mut covered = vec![false; n];
+    for s in layout.segments() {
+        covered[s.offset..s.offset + s.len].fill(true);
+    }
+    assert!(
+        got.iter().zip(&covered).all(|(x, c)| *c || *x == 0.0),
+        "padding stays zero"
+    );
+    assert_ne!(got, scatter(&problem.params), "the model moved");
+}
+
+#[test]
+fn group_configurations_must_match_the_layout() {
+    let Some(gpu) = common::gpu() else { return };
+    let tensors = transformer_tensors(8, 1, 10, 4);
+    let layout = ModelLayout::new(&tensors, 2, decay_group, 64).unwrap();
+    let params = gpu.zeros("p", layout.len()).unwrap();
+    let short = gpu.zeros("g", layout.len() - 1).unwrap();
+    let whole = BufferRange::whole;
+    let one = &adamw_groups()[..1];
+    assert!(ModelOptimizer::new(gpu, layout.clone(), whole(&params), whole(&params), one).is_err());
+    assert!(
+        ModelOptimizer::new(gpu, layout, whole(&params), whole(&short), &adamw_groups()).is_err()
+    );
+}
