@@ -261,6 +261,30 @@ impl ModelOptimizer {
         Ok(())
     }
 
+    /// Records one step like [`Self::record_step`], with the GPU's clock written at the start
+    /// of the first group's pass and the end of the last one's (the writes' indices are taken
+    /// from `timestamps`). The device needs [`wgpu::Features::TIMESTAMP_QUERY`].
+    pub fn record_step_timed(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: wgpu::ComputePassTimestampWrites<'_>,
+    ) -> Result<()> {
+        let last = self.groups.len() - 1;
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            let writes = wgpu::ComputePassTimestampWrites {
+                query_set: timestamps.query_set,
+                beginning_of_pass_write_index: timestamps
+                    .beginning_of_pass_write_index
+                    .filter(|_| g == 0),
+                end_of_pass_write_index: timestamps.end_of_pass_write_index.filter(|_| g == last),
+            };
+            let lr = group.config().lr();
+            group.record_step_timed(gpu, encoder, lr, writes)?;
+        }
+        Ok(())
+    }
+
     /// Takes one step of every group and waits for it.
     pub fn step(&mut self, gpu: &Gpu) -> Result<()> {
         let mut encoder = gpu
@@ -309,6 +333,22 @@ pub fn transformer_tensors(
         TensorSpec::new("ln_f.bias", &[d]),
     ]);
     t
+}
+
+/// The transformer of [`transformer_tensors`] (12 layers, 8192-token vocabulary, 1024
+/// positions) whose width, a multiple of 64, brings its parameter count closest to `params`.
+pub fn transformer_near(params: usize) -> Vec<TensorSpec> {
+    let count = |d: usize| {
+        transformer_tensors(d, 12, 8192, 1024)
+            .iter()
+            .map(TensorSpec::numel)
+            .sum::<usize>()
+    };
+    let d = (1..=256)
+        .map(|k| 64 * k)
+        .min_by_key(|&d| count(d).abs_diff(params))
+        .expect("a non-empty range");
+    transformer_tensors(d, 12, 8192, 1024)
 }
 
 /// The usual AdamW grouping: matrices decay (group 0), biases and norms do not (group 1).

@@ -179,3 +179,25 @@ fn bad_options_are_errors() -> Result<()> {
     assert!(cases(&["adamax".into()]).is_err());
     Ok(())
 }
+
+#[test]
+fn the_transformer_layout_is_measured_against_a_flat_tensor_of_its_size() -> Result<()> {
+    let Some(gpu) = common::gpu() else {
+        return Ok(());
+    };
+    let mut options = quick(&["adamw"], Some(gpu))?;
+    options.sizes = vec![bench::MODEL_LAYOUT_MIN_SIZE];
+    options.implementations = vec![Implementation::Gpu];
+    assert!(options.model_layouts, "on by default with a GPU");
+    let report = bench::run(Some(gpu), &options, |_| {})?;
+    let model: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|r| r.variant == bench::MODEL_VARIANT || r.variant == bench::FLAT_VARIANT)
+        .collect();
+    assert_eq!(model.len(), 2, "one layout row and one flat row");
+    assert_eq!(model[0].size, model[1].size, "the same number of elements");
+    assert!(model[0].size >= bench::MODEL_LAYOUT_MIN_SIZE / 2);
+    assert_eq!(bench::report::layout_comparisons(&report).len(), 1);
+    Ok(())
+}

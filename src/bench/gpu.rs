@@ -5,8 +5,9 @@ use std::num::NonZeroU64;
 use std::time::Instant;
 
 use super::{Clock, Sampling, Summary, pattern};
-use crate::gpu::{Gpu, GpuOptimizer, STEPS_PER_SUBMISSION};
+use crate::gpu::{BufferRange, Gpu, GpuOptimizer, STEPS_PER_SUBMISSION};
 use crate::kernels::{Kernel, workgroups};
+use crate::model::{ModelLayout, ModelOptimizer};
 use crate::optim::Optimizer;
 use crate::{Error, Result};
 
@@ -116,19 +117,27 @@ impl GpuTimer {
         }
     }
 
-    /// Warms up with one batch, then collects per-step times until `sampling` is satisfied.
+    /// Runs `warmup` untimed passes (at least one), then collects per-pass times until
+    /// `sampling` is satisfied.
     fn measure(
         &self,
         gpu: &Gpu,
         sampling: &Sampling,
+        warmup: usize,
         mut record: impl FnMut(
             &mut wgpu::CommandEncoder,
             Option<wgpu::ComputePassTimestampWrites<'_>>,
         ) -> Result<()>,
     ) -> Result<Summary> {
-        let warmup = (sampling.warmup_steps as u32).max(1);
-        let first = self.time_batch(gpu, warmup, &mut record)?;
-        let estimate = first.iter().copied().fold(f64::INFINITY, f64::min);
+        let mut left = warmup.max(1);
+        let mut estimate = f64::INFINITY;
+        while left > 0 {
+            let count = left.min(BATCH as usize);
+            let times = self.time_batch(gpu, count as u32, &mut record)?;
+            // The last batch is the warmest: estimate from it.
+            estimate = times.iter().copied().fold(f64::INFINITY, f64::min);
+            left -= count;
+        }
         let wanted = sampling.samples_for(estimate);
         let mut times = Vec::with_capacity(wanted);
         while times.len() < wanted {
@@ -145,24 +154,54 @@ impl GpuTimer {
     }
 }
 
+/// What one set steps: a flat tensor, or a model's tensors laid out with parameter groups.
+#[derive(Debug)]
+enum Stepper {
+    Flat(GpuOptimizer),
+    Model(ModelOptimizer),
+}
+
 /// One optimizer on the GPU over `sets` independent parameter sets, stepped in turn.
 #[derive(Debug)]
 pub struct GpuSteps {
-    sets: Vec<(GpuOptimizer, wgpu::Buffer, wgpu::Buffer)>,
+    sets: Vec<(Stepper, wgpu::Buffer, wgpu::Buffer)>,
     next: usize,
 }
 
 impl GpuSteps {
     /// Uploads `sets` sets of `size` parameters and gradients and creates their optimizers.
     pub fn new(gpu: &Gpu, config: &Optimizer, size: usize, sets: usize) -> Result<Self> {
+        Self::build(gpu, size, sets, |p, g| {
+            GpuOptimizer::new(gpu, config.clone(), p, g).map(Stepper::Flat)
+        })
+    }
+
+    /// Like [`Self::new`] for a model laid out by `layout`, with `configs` per group.
+    pub fn model(
+        gpu: &Gpu,
+        layout: &ModelLayout,
+        configs: &[Optimizer],
+        sets: usize,
+    ) -> Result<Self> {
+        Self::build(gpu, layout.len(), sets, |p, g| {
+            let (p, g) = (BufferRange::whole(p), BufferRange::whole(g));
+            ModelOptimizer::new(gpu, layout.clone(), p, g, configs).map(Stepper::Model)
+        })
+    }
+
+    fn build(
+        gpu: &Gpu,
+        size: usize,
+        sets: usize,
+        make: impl Fn(&wgpu::Buffer, &wgpu::Buffer) -> Result<Stepper>,
+    ) -> Result<Self> {
         let params = pattern(size, 1);
         let grads: Vec<f32> = pattern(size, 2).into_iter().map(|g| 0.1 * g).collect();
         let sets = (0..sets.max(1))
             .map(|_| {
                 let p = gpu.upload("bench/params", &params)?;
                 let g = gpu.upload("bench/grads", &grads)?;
-                let optimizer = GpuOptimizer::new(gpu, config.clone(), &p, &g)?;
-                Ok((optimizer, p, g))
+                Ok((make(&p, &g)?, p, g))
             })
             .collect::<Result<_>>()?;
         Ok(Self { sets, next: 0 })
@@ -177,18 +216,22 @@ impl GpuSteps {
     ) -> Result<()> {
         let index = self.next;
         self.next = (index + 1) % self.sets.len();
-        let (optimizer, ..) = &mut self.sets[index];
-
-        let lr = optimizer.config().lr();
-        match timestamps {
-            Some(t) => optimizer.record_step_timed(gpu, encoder, lr, t),
-            None => optimizer.record_step_with_lr(gpu, encoder, lr),
+        match (&mut self.sets[index].0, timestamps) {
+            (Stepper::Flat(o), Some(t)) => {
+                let lr = o.config().lr();
+                o.record_step_timed(gpu, encoder, lr, t)
+            }
+            (Stepper::Flat(o), None) => o.record_step(gpu, encoder),
+            (Stepper::Model(m), Some(t)) => m.record_step_timed(gpu, encoder, t),
+            (Stepper::Model(m), None) => m.record_step(gpu, encoder),
         }
     }
 
-    /// Warms up, then times steps.
+    /// Warms up (every set once, so that no timed step is a set's first, then
+    /// `sampling.warmup_steps` more), then times steps.
     pub fn measure(&mut self, gpu: &Gpu, timer: &GpuTimer, sampling: &Sampling) -> Result<Summary> {
-        timer.measure(gpu, sampling, |encoder, t| {
+        let warmup = self.sets.len() + sampling.warmup_steps;
+        timer.measure(gpu, sampling, warmup, |encoder, t| {
             self.record_step(gpu, encoder, t)
         })
     }
@@ -241,17 +284,22 @@ pub fn gpu_copy_bandwidth(
         dispatches.push((bind_group, groups));
         start += n;
     }
-    timer.measure(gpu, sampling, |encoder, timestamp_writes| {
-        gpu.scoped("recording a copy", || {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("bench/copy"),
-                timestamp_writes,
-            });
-            pass.set_pipeline(&kernel.pipeline);
-            for (bind_group, (x, y)) in &dispatches {
-                pass.set_bind_group(0, bind_group, &[]);
-                pass.dispatch_workgroups(*x, *y, 1);
-            }
-        })
-    })
+    timer.measure(
+        gpu,
+        sampling,
+        sampling.warmup_steps,
+        |encoder, timestamp_writes| {
+            gpu.scoped("recording a copy", || {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("bench/copy"),
+                    timestamp_writes,
+                });
+                pass.set_pipeline(&kernel.pipeline);
+                for (bind_group, (x, y)) in &dispatches {
+                    pass.set_bind_group(0, bind_group, &[]);
+                    pass.dispatch_workgroups(*x, *y, 1);
+                }
+            })
+        },
+    )
 }

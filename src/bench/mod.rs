@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{ModelLayout, decay_group, transformer_near};
 use crate::optim::{Adam, Optimizer, Rmsprop, Sgd};
 use crate::{Error, Gpu, Result};
 
@@ -244,7 +245,19 @@ pub struct BenchOptions {
     /// Elements per buffer of the roofline copies: enough that source and target together
     /// exceed the caches.
     pub roofline_size: usize,
+    /// Also measure, on the GPU at each size from 2^20, AdamW on a transformer-shaped layout
+    /// (148 tensors in two parameter groups) against one flat tensor of the same size.
+    pub model_layouts: bool,
 }
+
+/// Variant name of the rows stepping a transformer-shaped layout (148 tensors, 2 groups).
+pub const MODEL_VARIANT: &str = "transformer-layout";
+
+/// Variant name of the rows stepping one flat tensor of the transformer layout's size.
+pub const FLAT_VARIANT: &str = "flat-same-size";
+
+/// Smallest size at which the transformer-layout rows are measured.
+pub const MODEL_LAYOUT_MIN_SIZE: usize = 1 << 20;
 
 /// One measured point: the JSON schema of `fusedopt bench --json` (README, "bench").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -425,12 +438,24 @@ impl BenchOptions {
             sampling: Sampling::default(),
             rotation_bytes,
             roofline_size: ((rotation_bytes / 8) as usize).clamp(1 << 22, 1 << 28),
+            model_layouts: gpu.is_some(),
         })
     }
 
     /// Number of points [`run`] measures (for progress bars).
     pub fn points(&self) -> u64 {
-        (self.cases.len() * self.sizes.len() * self.implementations.len()) as u64
+        (self.cases.len() * self.sizes.len() * self.implementations.len()
+            + 2 * self.model_layout_sizes().len()) as u64
+    }
+
+    /// The sizes at which the transformer-layout rows are measured.
+    pub fn model_layout_sizes(&self) -> Vec<usize> {
+        let gpu = self.implementations.contains(&Implementation::Gpu);
+        self.sizes
+            .iter()
+            .copied()
+            .filter(|&s| self.model_layouts && gpu && s >= MODEL_LAYOUT_MIN_SIZE)
+            .collect()
     }
 
     fn check(&self, gpu: Option<&Gpu>) -> Result<()> {
@@ -554,6 +579,56 @@ pub fn run(
                     roof,
                     adapter.unwrap_or_default(),
                     clock,
+                    sets,
+                ));
+            }
+        }
+    }
+    if let (Some(gpu), Some(timer)) = (gpu, &timer) {
+        for size in options.model_layout_sizes() {
+            let layout = ModelLayout::new(
+                &transformer_near(size),
+                2,
+                decay_group,
+                ModelLayout::device_alignment(gpu),
+            )?;
+            let adamw = Optimizer::from(Adam::adamw());
+            let groups = [
+                adamw.clone(),
+                Adam {
+                    weight_decay: 0.0,
+                    ..Adam::adamw()
+                }
+                .into(),
+            ];
+            let n = layout.len();
+            let sets = rotation_sets(n as u64 * 16, options.rotation_bytes);
+            let adapter = gpu_name.clone().unwrap_or_default();
+            for variant in [MODEL_VARIANT, FLAT_VARIANT] {
+                progress(&format!("adamw/{variant} gpu {n}"));
+                let steps = if variant == MODEL_VARIANT {
+                    GpuSteps::model(gpu, &layout, &groups, sets)
+                } else {
+                    GpuSteps::new(gpu, &adamw, n, sets)
+                };
+                let summary = match steps.and_then(|mut s| s.measure(gpu, timer, sampling)) {
+                    Ok(s) => s,
+                    Err(e @ (Error::OutOfMemory(_) | Error::LimitExceeded { .. })) => {
+                        skipped.push(format!("adamw/{variant} gpu at {n}: {e}"));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                rows.push(Row::new(
+                    "adamw",
+                    variant,
+                    n,
+                    Implementation::Gpu,
+                    &summary,
+                    adamw.bytes_per_element(),
+                    roofline.gpu_bytes_per_s.unwrap_or(f64::NAN),
+                    adapter.clone(),
+                    timer.clock(),
                     sets,
                 ));
             }

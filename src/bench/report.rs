@@ -156,10 +156,35 @@ pub fn table(report: &BenchReport) -> String {
              {gelem:>9} {gbs:>8} {roof:>6} {speedup:>8} {clock:<9}"
         );
     }
+    for line in layout_comparisons(report) {
+        let _ = writeln!(out, "{line}");
+    }
     for s in &report.skipped {
         let _ = writeln!(out, "skipped: {s}");
     }
     out
+}
+
+/// One line per size at which both the transformer layout and the flat tensor of its size were
+/// stepped: how much longer the layout's step takes (the target is within 10 %).
+pub fn layout_comparisons(report: &BenchReport) -> Vec<String> {
+    let find = |variant: &str, size: usize| {
+        step_rows(report).find(|r| r.variant == variant && r.size == size && r.optimizer == "adamw")
+    };
+    step_rows(report)
+        .filter(|r| r.variant == super::MODEL_VARIANT)
+        .filter_map(|model| {
+            let flat = find(super::FLAT_VARIANT, model.size)?;
+            let change = 100.0 * (model.median_s / flat.median_s - 1.0);
+            Some(format!(
+                "transformer layout (148 tensors, 2 parameter groups) against one flat tensor at \
+                 {} elements: {} against {} per AdamW step ({change:+.1} %)",
+                model.size,
+                format_seconds(model.median_s),
+                format_seconds(flat.median_s)
+            ))
+        })
+        .collect()
 }
 
 /// The rows as one JSON array (the `--json` output).
@@ -275,6 +300,13 @@ pub fn markdown(report: &BenchReport, charts: &[(String, String)], command: &str
     for row in step_rows(report) {
         let cells = cells(report, row);
         let _ = writeln!(md, "| {} |", cells[..10].join(" | "));
+    }
+    let comparisons = layout_comparisons(report);
+    if !comparisons.is_empty() {
+        let _ = writeln!(md, "\n## Whole model against one flat tensor\n");
+        for line in comparisons {
+            let _ = writeln!(md, "- {line}");
+        }
     }
     if !report.skipped.is_empty() {
         let _ = writeln!(md, "\n## Skipped\n");
