@@ -1,0 +1,254 @@
+//! Embedding fusedopt in a training loop that owns its buffers and its backward pass.
+//!
+//! A two-layer network (`h = relu(W1 x + b1)`, `y = W2 h + b2`) learns a smooth function of its
+//! inputs from synthetic data. Its forward and backward passes are the example's own WGSL
+//! (`train_mlp.wgsl`); its four tensors are segments of one parameter buffer and one gradient
+//! buffer laid out by `ModelLayout`, with two parameter groups (AdamW with weight decay for the
+//! matrices, without for the biases). Each iteration records the backward pass and the
+//! optimizer step into one encoder and submits once; the parameters are never copied.
+//!
+//! ```sh
+//! cargo run --release --example train_mlp
+//! ```
+
+use std::error::Error;
+use std::num::NonZeroU64;
+
+use fusedopt::model::decay_group;
+use fusedopt::{Adam, BufferRange, Gpu, ModelLayout, ModelOptimizer, TensorSpec};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const BATCH: u32 = 256;
+const INPUTS: u32 = 8;
+const HIDDEN: u32 = 64;
+const ITERATIONS: usize = 600;
+
+/// The function the network learns.
+fn teacher(x: &[f32]) -> f32 {
+    (x[0] + 0.5 * x[1]).sin() + x[2] * x[3] - 0.3 * x[4]
+}
+
+/// The uniform of `train_mlp.wgsl`: sizes and the segment offsets of the four tensors.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Dims {
+    batch: u32,
+    inputs: u32,
+    hidden: u32,
+    w1: u32,
+    b1: u32,
+    w2: u32,
+    b2: u32,
+    _pad: u32,
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let gpu = Gpu::new()?;
+    let device = gpu.device();
+    println!(
+        "adapter: {}",
+        fusedopt::gpu::describe_adapter(gpu.adapter_info())
+    );
+
+    // The model's tensors in one flat buffer, matrices and biases in two groups.
+    let tensors = [
+        TensorSpec::new("w1", &[HIDDEN as usize, INPUTS as usize]),
+        TensorSpec::new("b1", &[HIDDEN as usize]),
+        TensorSpec::new("w2", &[1, HIDDEN as usize]),
+        TensorSpec::new("b2", &[1]),
+    ];
+    let layout = ModelLayout::new(
+        &tensors,
+        2,
+        decay_group,
+        ModelLayout::device_alignment(&gpu),
+    )?;
+    let offset = |name: &str| layout.segment(name).map(|s| s.offset as u32).unwrap_or(0);
+    let dims = Dims {
+        batch: BATCH,
+        inputs: INPUTS,
+        hidden: HIDDEN,
+        w1: offset("w1"),
+        b1: offset("b1"),
+        w2: offset("w2"),
+        b2: offset("b2"),
+        _pad: 0,
+    };
+
+    // He-initialized weights, zero biases; a fixed batch of synthetic data.
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut init = |fan_in: u32, n: usize| -> Vec<f32> {
+        let scale = (2.0 / fan_in as f32).sqrt();
+        (0..n)
+            .map(|_| rng.random_range(-1.0..1.0) * scale)
+            .collect()
+    };
+    let (w1, w2) = (
+        init(INPUTS, (HIDDEN * INPUTS) as usize),
+        init(HIDDEN, HIDDEN as usize),
+    );
+    let (b1, b2) = (vec![0.0; HIDDEN as usize], vec![0.0]);
+    let flat = layout.flatten(|s| match s.tensor.name.as_str() {
+        "w1" => &w1[..],
+        "b1" => &b1[..],
+        "w2" => &w2[..],
+        _ => &b2[..],
+    })?;
+    let x: Vec<f32> = (0..BATCH * INPUTS)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let t: Vec<f32> = x.chunks(INPUTS as usize).map(teacher).collect();
+
+    // The caller's buffers: fusedopt steps `params` in place, reading `grads`.
+    let params = gpu.upload("mlp/params", &flat)?;
+    let grads = gpu.zeros("mlp/grads", layout.len())?;
+    let x_buf = gpu.upload("mlp/x", &x)?;
+    let t_buf = gpu.upload("mlp/target", &t)?;
+    let h_buf = gpu.zeros("mlp/hidden", (BATCH * HIDDEN) as usize)?;
+    let dy_buf = gpu.zeros("mlp/dy", BATCH as usize)?;
+    let loss_buf = gpu.zeros("mlp/loss", BATCH as usize)?;
+    let dims_buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("mlp/dims"),
+        size: size_of::<Dims>() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    gpu.queue()
+        .write_buffer(&dims_buf, 0, bytemuck::bytes_of(&dims));
+
+    // The example's own pipelines, with an explicit layout.
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("mlp"),
+        source: wgpu::ShaderSource::Wgsl(include_str!("train_mlp.wgsl").into()),
+    });
+    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: NonZeroU64::new(4),
+        },
+        count: None,
+    };
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: NonZeroU64::new(size_of::<Dims>() as u64),
+        },
+        count: None,
+    }];
+    entries.extend([
+        storage(1, true),
+        storage(2, false),
+        storage(3, true),
+        storage(4, true),
+        storage(5, false),
+        storage(6, false),
+        storage(7, false),
+    ]);
+    let bind_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("mlp"),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("mlp"),
+        bind_group_layouts: &[Some(&bind_layout)],
+        immediate_size: 0,
+    });
+    let pipeline = |entry: &str| {
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+    };
+    let passes = [
+        (pipeline("hidden"), BATCH * HIDDEN),
+        (pipeline("output"), BATCH),
+        (pipeline("grad_layer1"), HIDDEN * INPUTS),
+        (pipeline("grad_layer2"), HIDDEN + 1),
+    ];
+    let buffers = [
+        &dims_buf, &params, &grads, &x_buf, &t_buf, &h_buf, &dy_buf, &loss_buf,
+    ];
+    let bind_entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("mlp"),
+        layout: &bind_layout,
+        entries: &bind_entries,
+    });
+
+    // fusedopt steps the caller's buffers in place: AdamW, no decay on biases.
+    let configs = [
+        Adam {
+            lr: 1e-2,
+            weight_decay: 1e-4,
+            ..Adam::adamw()
+        }
+        .into(),
+        Adam {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..Adam::adamw()
+        }
+        .into(),
+    ];
+    let mut optimizer = ModelOptimizer::new(
+        &gpu,
+        layout,
+        BufferRange::whole(&params),
+        BufferRange::whole(&grads),
+        &configs,
+    )?;
+
+    let mut first = None;
+    let mut last = f32::NAN;
+    for iteration in 0..=ITERATIONS {
+        // Forward, backward and the optimizer step in one encoder, one submit.
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_bind_group(0, &bind_group, &[]);
+            for (pipeline, invocations) in &passes {
+                pass.set_pipeline(pipeline);
+                pass.dispatch_workgroups(invocations.div_ceil(64), 1, 1);
+            }
+        }
+        optimizer.record_step(&gpu, &mut encoder)?;
+        gpu.queue().submit([encoder.finish()]);
+        if iteration % 100 == 0 {
+            // The loss of the forward pass just run (before this iteration's step).
+            let loss: f32 = gpu.download(&loss_buf, 0, BATCH as usize)?.iter().sum();
+            println!("iteration {iteration:>4}  loss {loss:.6}");
+            first.get_or_insert(loss);
+            last = loss;
+        }
+    }
+    let first = first.unwrap_or(f32::NAN);
+    println!(
+        "loss {first:.3e} -> {last:.3e} ({:.0}x lower) in {ITERATIONS} steps, {} dispatches per step",
+        first / last,
+        passes.len() + optimizer.dispatches_per_step()
+    );
+    // NaN fails too: a diverged run must not pass.
+    let fell_tenfold = last.is_finite() && last < first / 10.0;
+    if !fell_tenfold {
+        return Err(format!("the loss did not fall tenfold: {first} -> {last}").into());
+    }
+    Ok(())
+}

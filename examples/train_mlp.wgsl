@@ -1,0 +1,110 @@
+// The example's own forward and backward pass: a two-layer network
+//   h = relu(W1 x + b1),   y = W2 h + b2,   loss = mean over the batch of (y - t)^2
+// with the parameters and their gradients as segments of two flat buffers laid out by
+// fusedopt's ModelLayout (offsets in `dims`). One invocation per output element; the backward
+// entry points loop over the batch, which is small.
+
+struct Dims {
+    batch: u32,
+    inputs: u32,
+    hidden: u32,
+    w1: u32,
+    b1: u32,
+    w2: u32,
+    b2: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> params: array<f32>;
+@group(0) @binding(2) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> y_true: array<f32>;
+@group(0) @binding(5) var<storage, read_write> h: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(7) var<storage, read_write> loss: array<f32>;
+
+/// h[b, j] = relu(W1[j, :] . x[b, :] + b1[j])
+@compute @workgroup_size(64)
+fn hidden(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    if i >= dims.batch * dims.hidden {
+        return;
+    }
+    let b = i / dims.hidden;
+    let j = i % dims.hidden;
+    var z = params[dims.b1 + j];
+    for (var k = 0u; k < dims.inputs; k++) {
+        z += params[dims.w1 + j * dims.inputs + k] * x[b * dims.inputs + k];
+    }
+    h[i] = max(z, 0.0);
+}
+
+/// y[b] = W2 . h[b, :] + b2; dy[b] = dloss/dy[b]; loss[b] = (y - t)^2 / batch
+@compute @workgroup_size(64)
+fn output(@builtin(global_invocation_id) id: vec3<u32>) {
+    let b = id.x;
+    if b >= dims.batch {
+        return;
+    }
+    var y = params[dims.b2];
+    for (var j = 0u; j < dims.hidden; j++) {
+        y += params[dims.w2 + j] * h[b * dims.hidden + j];
+    }
+    let r = y - y_true[b];
+    let n = f32(dims.batch);
+    dy[b] = 2.0 * r / n;
+    loss[b] = r * r / n;
+}
+
+/// dloss/dh[b, j] through the relu.
+fn dh(b: u32, j: u32) -> f32 {
+    if h[b * dims.hidden + j] <= 0.0 {
+        return 0.0;
+    }
+    return dy[b] * params[dims.w2 + j];
+}
+
+/// Gradients of W1 (one invocation per element) and of b1 (by each row's first invocation).
+@compute @workgroup_size(64)
+fn grad_layer1(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    if i >= dims.hidden * dims.inputs {
+        return;
+    }
+    let j = i / dims.inputs;
+    let k = i % dims.inputs;
+    var gw = 0.0;
+    var gb = 0.0;
+    for (var b = 0u; b < dims.batch; b++) {
+        let d = dh(b, j);
+        gw += d * x[b * dims.inputs + k];
+        gb += d;
+    }
+    grads[dims.w1 + i] = gw;
+    if k == 0u {
+        grads[dims.b1 + j] = gb;
+    }
+}
+
+/// Gradients of W2 (hidden) and b2 (one): invocation `hidden` does b2.
+@compute @workgroup_size(64)
+fn grad_layer2(@builtin(global_invocation_id) id: vec3<u32>) {
+    let j = id.x;
+    if j > dims.hidden {
+        return;
+    }
+    var g = 0.0;
+    for (var b = 0u; b < dims.batch; b++) {
+        if j == dims.hidden {
+            g += dy[b];
+        } else {
+            g += dy[b] * h[b * dims.hidden + j];
+        }
+    }
+    if j == dims.hidden {
+        grads[dims.b2] = g;
+    } else {
+        grads[dims.w2 + j] = g;
+    }
+}
