@@ -385,6 +385,8 @@ fn info() -> fusedopt::Result<bool> {
         };
         println!("  {name:<38} {offered:>3} / {enabled}");
     }
+    println!();
+    print_largest_models(&gpu)?;
     let all =
         fusedopt::gpu::list_adapters(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()));
     println!();
@@ -393,6 +395,44 @@ fn info() -> fusedopt::Result<bool> {
         println!("  {}", describe_adapter(info));
     }
     Ok(true)
+}
+
+/// Per optimizer variant: the memory one parameter needs (itself, its gradient and exactly the
+/// state the variant keeps), and how many parameters fit in the device's memory.
+fn print_largest_models(gpu: &Gpu) -> fusedopt::Result<()> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let memory = gpu.device_memory();
+    match memory {
+        Some(bytes) if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu => println!(
+            "memory: {:.1} GiB (the host's available memory: a software adapter's buffers live there)",
+            gib(bytes)
+        ),
+        Some(bytes) => println!("memory: {:.1} GiB device-local", gib(bytes)),
+        None => println!("memory: not reported by this backend (wgpu has no query for it)"),
+    }
+    println!(
+        "largest model per optimizer (parameters, gradients and optimizer state in f32, nothing else)"
+    );
+    println!(
+        "  {:<26} {:>7} {:>16}  state",
+        "optimizer", "B/param", "largest model"
+    );
+    for case in bench::cases(&[])? {
+        let tensors = 2 + case.config.state_names().len();
+        let per_param = 4 * tensors as u64;
+        let largest = memory.map_or("?".to_string(), |m| {
+            let n = m / per_param;
+            format!("{:.2} G params", n as f64 / 1e9)
+        });
+        println!(
+            "  {:<26} {:>7} {:>16}  {}",
+            case.label(),
+            per_param,
+            largest,
+            case.config.state_names().join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn validate(

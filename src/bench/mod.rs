@@ -345,10 +345,7 @@ pub fn cpu_description() -> String {
 
 /// Host memory available now, in bytes (0 where the system does not say).
 pub fn available_memory() -> u64 {
-    sysinfo::System::new().map_or(0, |mut system| {
-        system.refresh_memory();
-        system.available_memory()
-    })
+    crate::gpu::host_available_memory()
 }
 
 /// Size of the CPU's largest cache, from Linux's sysfs; 64 MiB where it cannot be read.

@@ -92,6 +92,8 @@ pub struct Gpu {
     adapter_features: Option<wgpu::Features>,
     features: wgpu::Features,
     limits: DeviceLimits,
+    /// Memory the device's buffers can use, where known (see [`Gpu::device_memory`]).
+    memory: Option<u64>,
     /// Set by the device-lost callback (only on devices fusedopt created).
     lost: Arc<Mutex<Option<String>>>,
     /// Errors that no scope caught (only on devices fusedopt created).
@@ -139,6 +141,7 @@ impl Gpu {
             })?;
         let mut gpu = Self::wrap(device, queue, info);
         gpu.adapter_features = Some(adapter.features());
+        gpu.memory = device_memory(&adapter);
         let lost = Arc::clone(&gpu.lost);
         gpu.device.set_device_lost_callback(move |reason, message| {
             let text = format!("{reason:?}: {message}");
@@ -168,6 +171,7 @@ impl Gpu {
             queue,
             info,
             adapter_features: None,
+            memory: None,
             lost: Arc::default(),
             uncaptured: Arc::default(),
             kernels: Mutex::default(),
@@ -198,6 +202,14 @@ impl Gpu {
     /// Features the adapter offers (known only when fusedopt created the device).
     pub fn adapter_features(&self) -> Option<wgpu::Features> {
         self.adapter_features
+    }
+
+    /// Bytes of memory the device's buffers can use, where the backend says: the sum of the
+    /// device-local heaps on Vulkan, the host's available memory for a software (CPU) adapter;
+    /// `None` on other backends and for devices wrapped with [`Gpu::from_device`]. wgpu itself
+    /// reports no memory size.
+    pub fn device_memory(&self) -> Option<u64> {
+        self.memory
     }
 
     /// The limits fusedopt works within.
@@ -520,6 +532,40 @@ impl Gpu {
         staging.unmap();
         Ok(())
     }
+}
+
+/// Memory available to buffers on `adapter` (see [`Gpu::device_memory`]).
+fn device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    let info = adapter.get_info();
+    if info.device_type == wgpu::DeviceType::Cpu {
+        return Some(host_available_memory()).filter(|&m| m > 0);
+    }
+    #[cfg(not(any(target_vendor = "apple", target_arch = "wasm32")))]
+    if info.backend == wgpu::Backend::Vulkan {
+        // SAFETY: the adapter is alive for the whole block and only its physical device's
+        // memory properties are read, which Vulkan allows at any time.
+        let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+        let instance = hal.shared_instance().raw_instance();
+        // SAFETY: the physical device belongs to this instance.
+        let memory =
+            unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
+        let heaps = &memory.memory_heaps[..memory.memory_heap_count as usize];
+        let local: u64 = heaps
+            .iter()
+            .filter(|h| h.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL))
+            .map(|h| h.size)
+            .sum();
+        return Some(local).filter(|&m| m > 0);
+    }
+    None
+}
+
+/// Host memory available now, in bytes (0 where the system does not say).
+pub fn host_available_memory() -> u64 {
+    sysinfo::System::new().map_or(0, |mut system| {
+        system.refresh_memory();
+        system.available_memory()
+    })
 }
 
 /// Adapters in order of preference: discrete, integrated, virtual, other, CPU; native APIs
