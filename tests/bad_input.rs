@@ -351,3 +351,46 @@ fn a_rejected_step_changes_nothing() {
     assert_eq!(opt.step_count(), 1, "a valid step still works afterwards");
     assert_ne!(opt.read_params(gpu).unwrap(), start, "and moves the params");
 }
+
+#[test]
+fn bad_pieces_and_buffer_sets_are_errors() {
+    let Some(mut gpu) = common::own_gpu() else {
+        return;
+    };
+    let adam = Adam::default();
+    assert!(matches!(
+        GpuOptimizer::with_pieces(&gpu, adam.clone(), &[]),
+        Err(Error::InvalidBuffer { .. })
+    ));
+    let a = gpu.zeros("a", 100).unwrap();
+    let b = gpu.zeros("b", 99).unwrap();
+    let piece = fusedopt::Piece {
+        params: (&a).into(),
+        grads: (&b).into(),
+    };
+    assert!(matches!(
+        GpuOptimizer::with_pieces(&gpu, adam.clone(), &[piece]),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert!(fusedopt::BufferSet::zeros(&gpu, "empty", 0).is_err());
+    let align = u64::from(gpu.limits().storage_offset_alignment);
+    assert!(gpu.set_max_buffer_bytes(0).is_err());
+    assert!(gpu.set_max_buffer_bytes(align + 4).is_err(), "unaligned");
+    assert!(
+        gpu.set_max_buffer_bytes(u64::MAX).is_err(),
+        "past the device"
+    );
+    gpu.set_max_buffer_bytes(4 * align).unwrap();
+    let set = fusedopt::BufferSet::zeros(&gpu, "small buffers", 1000).unwrap();
+    assert!(set.buffers().len() > 1);
+    let other = fusedopt::BufferSet::zeros(&gpu, "other", 999).unwrap();
+    assert!(matches!(
+        set.pieces(&other),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert!(set.write(&gpu, &[1.0; 3]).is_err(), "wrong length");
+    assert!(
+        gpu.upload("too big for one buffer", &[0.0; 1000]).is_err(),
+        "a single buffer past the lowered limit is refused"
+    );
+}
