@@ -19,7 +19,11 @@ const MIN_TASK: usize = 4 * BLOCK;
 /// One step over all of `tensors`, in tasks of at most [`TASK`] elements and at least one per
 /// thread where there is enough work.
 pub(super) fn step(step: &Step<'_>, tensors: Tensors<'_>) {
-    let kernel = kernel();
+    step_with(kernel(), step, tensors);
+}
+
+/// [`step`] with a given variant (the tests run each one).
+pub(super) fn step_with(kernel: Kernel, step: &Step<'_>, tensors: Tensors<'_>) {
     let per_thread = tensors.len().div_ceil(rayon::current_num_threads());
     let task = per_thread.next_multiple_of(BLOCK).clamp(MIN_TASK, TASK);
     let mut tasks = Vec::with_capacity(tensors.len().div_ceil(task));
@@ -33,7 +37,26 @@ pub(super) fn step(step: &Step<'_>, tensors: Tensors<'_>) {
     tasks.into_par_iter().for_each(|t| kernel(step, t));
 }
 
-type Kernel = fn(&Step<'_>, Tensors<'_>);
+pub(super) type Kernel = fn(&Step<'_>, Tensors<'_>);
+
+/// Every variant this CPU can run, widest first, with its name.
+#[cfg(test)]
+pub(super) fn runnable_kernels() -> Vec<(&'static str, Kernel)> {
+    let mut all: Vec<(&'static str, Kernel)> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: as in `kernel`.
+            all.push(("avx512", |step, tensors| unsafe { avx512(step, tensors) }));
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as in `kernel`.
+            all.push(("avx2", |step, tensors| unsafe { avx2(step, tensors) }));
+        }
+    }
+    all.push(("portable", portable));
+    all
+}
 
 /// The widest variant this CPU runs.
 fn kernel() -> Kernel {

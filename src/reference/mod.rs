@@ -53,6 +53,9 @@ pub struct CpuOptimizer {
     len: usize,
     step: u64,
     execution: Execution,
+    /// The fast path's variant, when a test picks one instead of the widest.
+    #[cfg(test)]
+    kernel: Option<fast::Kernel>,
     /// One entry per state binding of the kernel; `None` where the configuration needs none.
     state: Vec<Option<(StateSlot, AlignedVec)>>,
 }
@@ -110,6 +113,8 @@ impl CpuOptimizer {
             len,
             step: 0,
             execution: Execution::Reference,
+            #[cfg(test)]
+            kernel: None,
             state,
         })
     }
@@ -175,12 +180,16 @@ impl CpuOptimizer {
         let grads = grads.as_standard_layout();
         let grads = grads.as_slice().expect("standard layout is contiguous");
         let (state, execution) = (&mut self.state, self.execution);
+        #[cfg(not(test))]
+        let kernel = None;
+        #[cfg(test)]
+        let kernel = self.kernel;
         match params.as_slice_mut() {
-            Some(params) => run(execution, &step, params, grads, state),
+            Some(params) => run(execution, kernel, &step, params, grads, state),
             // A strided view: step a contiguous copy and write it back.
             None => {
                 let mut copy = params.to_vec();
-                run(execution, &step, &mut copy, grads, state);
+                run(execution, kernel, &step, &mut copy, grads, state);
                 params.assign(&ArrayView1::from(&copy));
             }
         }
@@ -199,9 +208,11 @@ impl CpuOptimizer {
     }
 }
 
-/// Runs `step` over the whole tensors with the chosen driver.
+/// Runs `step` over the whole tensors with the chosen driver (and, for the fast one, the
+/// given variant, else the widest the CPU runs).
 fn run(
     execution: Execution,
+    kernel: Option<fast::Kernel>,
     step: &Step<'_>,
     params: &mut [f32],
     grads: &[f32],
@@ -346,5 +357,62 @@ impl<'a> Block<'a> {
             &self.grad[..n],
             [&mut s0[..n], &mut s1[..n], &mut s2[..n]],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{RandomProblem, schedule, variants};
+
+    /// Every compiled variant of the fast path (AVX-512, AVX2, portable, as the CPU allows)
+    /// gives the reference's bits for every option set; tests/cpu_fast.rs covers only the one
+    /// the machine picks.
+    #[test]
+    fn every_vector_variant_matches_the_reference_bit_for_bit() {
+        let kernels = fast::runnable_kernels();
+        for name in Optimizer::NAMES {
+            for config in variants(name).unwrap() {
+                for len in [1, BLOCK + 3, 5 * BLOCK + 17] {
+                    let mut problem = RandomProblem::new(len, 3);
+                    let mut reference = CpuOptimizer::new(config.clone(), len).unwrap();
+                    let mut runs: Vec<(&str, CpuOptimizer, Vec<f32>)> = kernels
+                        .iter()
+                        .map(|&(isa, kernel)| {
+                            let mut opt = CpuOptimizer::new(config.clone(), len)
+                                .unwrap()
+                                .with_execution(Execution::Fast);
+                            opt.kernel = Some(kernel);
+                            (isa, opt, problem.params.clone())
+                        })
+                        .collect();
+                    let mut expected = problem.params.clone();
+                    for t in 1..=3 {
+                        let g = problem.next_grad();
+                        let lr = schedule(config.lr(), t);
+                        let g = ArrayView1::from(&g[..]);
+                        let p = ArrayViewMut1::from(&mut expected[..]);
+                        reference.step_with_lr(p, g, lr).unwrap();
+                        for (_, opt, params) in &mut runs {
+                            let p = ArrayViewMut1::from(&mut params[..]);
+                            opt.step_with_lr(p, g, lr).unwrap();
+                        }
+                    }
+                    for (isa, opt, params) in &runs {
+                        let same = |a: &[f32], b: &[f32]| {
+                            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+                        };
+                        let what =
+                            format!("{} [{}] {isa} at {len}", config.name(), config.describe());
+                        assert!(same(params, &expected), "{what}: params");
+                        for ((n, a), (_, b)) in opt.state().iter().zip(reference.state()) {
+                            let (a, b) = (a.as_slice().unwrap(), b.as_slice().unwrap());
+                            assert!(same(a, b), "{what}: {n}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(!kernels.is_empty());
     }
 }
