@@ -230,7 +230,10 @@ fn run(
     };
     match execution {
         Execution::Reference => tensors.step_blocks(step),
-        Execution::Fast => fast::step(step, tensors),
+        Execution::Fast => match kernel {
+            Some(kernel) => fast::step_with(kernel, step, tensors),
+            None => fast::step(step, tensors),
+        },
     }
 }
 
