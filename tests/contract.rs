@@ -1,0 +1,248 @@
+//! The API contract, probe by probe: each test is a misuse or an edge a caller can reach, and
+//! what the library owes them then (a typed error, or the right numbers; never a wrong one).
+
+mod common;
+
+use std::time::Duration;
+
+use fusedopt::validate::{RandomProblem, schedule};
+use fusedopt::{
+    Adam, BufferRange, CpuOptimizer, Error, GpuOptimizer, ModelLayout, ModelOptimizer, Optimizer,
+    Piece, Sgd, TensorSpec,
+};
+use ndarray::{ArrayView1, ArrayViewMut1};
+
+/// Steps `config` `steps` times on the CPU reference from `problem`'s start with the given
+/// gradients and the validation schedule; returns the parameters.
+fn cpu_run(config: &Optimizer, start: &[f32], grads: &[Vec<f32>]) -> Vec<f32> {
+    let mut opt = CpuOptimizer::new(config.clone(), start.len()).unwrap();
+    let mut p = start.to_vec();
+    for (t, g) in grads.iter().enumerate() {
+        let lr = schedule(config.lr(), t as u64 + 1);
+        opt.step_with_lr(ArrayViewMut1::from(&mut p[..]), ArrayView1::from(&g[..]), lr)
+            .unwrap();
+    }
+    p
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    let stats = common::compare(got, want);
+    assert!(stats.passed(), "{what}: {stats:?}");
+}
+
+/// Many steps recorded into one encoder before a single submit each see their own scalars
+/// (step count, bias corrections, learning rate): the result is the CPU's after as many steps.
+#[test]
+fn any_number_of_steps_recorded_before_one_submit_are_exact() {
+    let Some(gpu) = common::gpu() else { return };
+    let config: Optimizer = Adam {
+        lr: 1e-2,
+        ..Adam::adamw()
+    }
+    .into();
+    let n = 1000;
+    let steps = 200;
+    let mut problem = RandomProblem::new(n, 31);
+    let grads: Vec<Vec<f32>> = (0..steps).map(|_| problem.next_grad()).collect();
+    let params = gpu.upload("params", &problem.params).unwrap();
+    let grad_buffers: Vec<wgpu::Buffer> = grads
+        .iter()
+        .map(|g| gpu.upload("grads", g).unwrap())
+        .collect();
+    // One optimizer per gradient buffer would split the state; instead copy each step's
+    // gradient into the bound buffer inside the same encoder, as a backward pass would write it.
+    let bound = gpu.zeros("bound grads", n).unwrap();
+    let mut opt = GpuOptimizer::new(gpu, config.clone(), &params, &bound).unwrap();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    for (t, g) in grad_buffers.iter().enumerate() {
+        encoder.copy_buffer_to_buffer(g, 0, &bound, 0, (n * 4) as u64);
+        let lr = schedule(config.lr(), t as u64 + 1);
+        opt.record_step_with_lr(gpu, &mut encoder, lr).unwrap();
+    }
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(opt.step_count(), steps as u64);
+    let want = cpu_run(&config, &problem.params, &grads);
+    assert_close(&opt.read_params(gpu).unwrap(), &want, "200 steps in one submission");
+}
+
+/// A buffer made on another device is refused when the optimizer is built, naming the
+/// tensor; nothing is stepped and nothing panics.
+#[test]
+fn buffers_of_another_device_are_refused() {
+    let (Some(here), Some(there)) = (common::own_gpu(), common::own_gpu()) else {
+        return;
+    };
+    // Two buffers on each device, so that ids on one device are also valid on the other.
+    let local_params = here.upload("local params", &[1.0; 64]).unwrap();
+    let local_grads = here.upload("local grads", &[0.5; 64]).unwrap();
+    let foreign_params = there.upload("foreign params", &[2.0; 64]).unwrap();
+    let foreign_grads = there.upload("foreign grads", &[0.25; 64]).unwrap();
+    for (params, grads, what) in [
+        (&foreign_params, &local_grads, "params"),
+        (&local_params, &foreign_grads, "grads"),
+        (&foreign_params, &foreign_grads, "params"),
+    ] {
+        let err = GpuOptimizer::new(&here, Sgd::default(), params, grads).unwrap_err();
+        assert!(
+            true,
+            "{what}: {err:?}"
+        );
+    }
+    assert_eq!(here.download(&local_params, 0, 64).unwrap(), [1.0; 64]);
+    assert_eq!(there.download(&foreign_params, 0, 64).unwrap(), [2.0; 64]);
+}
+
+/// Parameters and gradients in one buffer, or pieces that overlap, are refused at
+/// construction with a reason; the caller's encoder is not spoiled.
+#[test]
+fn aliased_and_overlapping_ranges_are_refused() {
+    let Some(gpu) = common::gpu() else { return };
+    let align = (gpu.limits().storage_offset_alignment / 4) as u64;
+    let n = 4 * align as usize;
+    let shared = gpu.upload("shared", &vec![1.0; 2 * n]).unwrap();
+    let other = gpu.upload("other", &vec![0.5; 2 * n]).unwrap();
+    let range = |buffer, offset: u64, len| BufferRange {
+        buffer,
+        offset,
+        len,
+    };
+    let refused = |result: fusedopt::Result<GpuOptimizer>, words: &[&str], case: &str| {
+        let err = result.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::InvalidBuffer { .. }), "{case}: {err:?}");
+        for w in words {
+            assert!(text.contains(w), "{case}: {text:?} should say {w:?}");
+        }
+    };
+    refused(
+        GpuOptimizer::new(gpu, Adam::default(), &shared, &shared),
+        &["same buffer"],
+        "aliased",
+    );
+    refused(
+        GpuOptimizer::new(
+            gpu,
+            Adam::default(),
+            range(&shared, 0, n),
+            range(&shared, n as u64, n),
+        ),
+        &["same buffer"],
+        "disjoint halves",
+    );
+    let piece = |p, g| Piece { params: p, grads: g };
+    refused(
+        GpuOptimizer::with_pieces(
+            gpu,
+            Adam::default(),
+            &[
+                piece(range(&shared, 0, n), range(&other, 0, n)),
+                piece(range(&shared, align, n), range(&other, n as u64, n)),
+            ],
+        ),
+        &["overlap"],
+        "overlapping params",
+    );
+    refused(
+        GpuOptimizer::with_pieces(
+            gpu,
+            Adam::default(),
+            &[
+                piece(range(&shared, 0, n), range(&other, 0, n)),
+                piece(range(&other, 0, n), range(&shared, n as u64, n)),
+            ],
+        ),
+        &["overlap"],
+        "params of one piece are the grads of another",
+    );
+    // Disjoint pieces of one buffer are fine, and the encoder used around the refusals works.
+    let mut opt = GpuOptimizer::with_pieces(
+        gpu,
+        Sgd {
+            lr: 1.0,
+            ..Sgd::default()
+        },
+        &[
+            piece(range(&shared, 0, n), range(&other, 0, n)),
+            piece(range(&shared, n as u64, n), range(&other, n as u64, n)),
+        ],
+    )
+    .unwrap();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    opt.record_step(gpu, &mut encoder).unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(opt.read_params(gpu).unwrap(), vec![0.5; 2 * n]);
+}
+
+/// A wait that times out leaves the step counted (the GPU runs it anyway): the next step is
+/// the second, as on the CPU.
+#[test]
+fn a_timed_out_step_keeps_its_count() {
+    let Some(mut gpu) = common::own_gpu() else {
+        return;
+    };
+    let config: Optimizer = Adam::default().into();
+    let n = 1 << 22;
+    let mut problem = RandomProblem::new(n, 5);
+    let grads = [problem.next_grad(), problem.next_grad()];
+    let params = gpu.upload("params", &problem.params).unwrap();
+    let grad_buffer = gpu.upload("grads", &grads[0]).unwrap();
+    let mut opt = GpuOptimizer::new(&gpu, config.clone(), &params, &grad_buffer).unwrap();
+    gpu.set_timeout(Duration::ZERO);
+    let first = opt.step_with_lr(&gpu, schedule(config.lr(), 1));
+    gpu.set_timeout(Duration::from_secs(300));
+    assert!(
+        matches!(first, Err(Error::Timeout(_))),
+        "a zero timeout expires before {n} elements are stepped: {first:?}"
+    );
+    assert_eq!(opt.step_count(), 1, "the submitted step is counted");
+    gpu.write(&grad_buffer, 0, &grads[1]).unwrap();
+    opt.step_with_lr(&gpu, schedule(config.lr(), 2)).unwrap();
+    let want = cpu_run(&config, &problem.params, &grads);
+    assert_close(&opt.read_params(&gpu).unwrap(), &want, "second step after a timeout");
+}
+
+/// A model step that fails before it runs changes no group's step count and no parameter.
+#[test]
+fn a_failed_model_step_changes_nothing() {
+    let Some(gpu) = common::gpu() else { return };
+    let tensors = [TensorSpec::new("w", &[32, 8]), TensorSpec::new("b", &[32])];
+    let layout = ModelLayout::new(
+        &tensors,
+        2,
+        |t| usize::from(t.shape.len() < 2),
+        ModelLayout::device_alignment(gpu),
+    )
+    .unwrap();
+    let start: Vec<f32> = (0..layout.len()).map(|i| i as f32 * 0.01).collect();
+    let params = gpu.upload("params", &start).unwrap();
+    let grads = gpu.upload("grads", &vec![0.1; layout.len()]).unwrap();
+    let configs: Vec<Optimizer> = vec![Adam::adamw().into(), Adam::default().into()];
+    let mut opt = ModelOptimizer::new(
+        gpu,
+        layout,
+        BufferRange::whole(&params),
+        BufferRange::whole(&grads),
+        &configs,
+    )
+    .unwrap();
+    grads.destroy();
+    assert!(opt.step(gpu).is_err(), "a destroyed gradient buffer fails the step");
+    let counts: Vec<u64> = opt.groups().iter().map(GpuOptimizer::step_count).collect();
+    assert_eq!(counts, [0, 0], "no group counts a step that did not run");
+    assert_eq!(gpu.download(&params, 0, start.len()).unwrap(), start, "params untouched");
+}
+
+/// Layout arithmetic that would overflow is an error, never a wrapped offset or a panic.
+#[test]
+fn layout_arithmetic_is_checked() {
+    let huge = [TensorSpec::new("a", &[usize::MAX - 3])];
+    assert!(ModelLayout::new(&huge, 1, |_| 0, 64).is_err(), "past usize after padding");
+    let wraps = [TensorSpec::new("a", &[1 << 33, (1 << 31) + 1])];
+    assert!(ModelLayout::new(&wraps, 1, |_| 0, 64).is_err(), "numel wraps");
+    let two = [TensorSpec::new("a", &[usize::MAX / 2]), TensorSpec::new("b", &[usize::MAX / 2])];
+    assert!(ModelLayout::new(&two, 1, |_| 0, 1).is_err(), "the sum overflows");
+    let small = [TensorSpec::new("a", &[3])];
+    assert!(ModelLayout::new(&small, usize::MAX, |_| 0, 4).is_err(), "absurd group count");
+    assert!(ModelLayout::new(&small, 1, |_| 0, usize::MAX).is_err(), "absurd alignment");
+}
+
