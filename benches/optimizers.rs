@@ -1,21 +1,55 @@
-//! Criterion benchmarks of one optimizer step: a group per optimizer variant, a `BenchmarkId`
-//! per implementation and size, throughput in the bytes the step must move.
+//! Criterion benchmarks of one optimizer step through the library's API: a group per optimizer
+//! and per option that changes the bytes a step moves, a `BenchmarkId` per implementation and
+//! size, throughput in the bytes the step must move.
 //!
 //! `cargo bench` measures sizes 2^16 to 2^22; `cargo test --benches` (no `--bench` argument)
 //! is a smoke run at 4096 elements that only checks every benchmark runs. GPU steps are timed
-//! with timestamp queries where the adapter has them (else the wall clock); without an adapter
-//! the GPU benchmarks are left out with a note on stderr.
+//! with the wall clock around batches of steps recorded into one encoder, submitted once and
+//! waited for; without an adapter the GPU benchmarks are left out with a note on stderr.
+//! `fusedopt bench` measures the same steps with GPU timestamps and the copy roofline.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fusedopt::Gpu;
-use fusedopt::bench::{
-    CpuSteps, GpuSteps, GpuTimer, Implementation, cases, rotation_bytes, rotation_sets,
-};
+use fusedopt::reference::{AlignedVec, Execution};
+use fusedopt::{CpuOptimizer, Gpu, GpuOptimizer, Optimizer};
+use ndarray::{ArrayView1, ArrayViewMut1};
+
+/// Bytes the parameter sets of one point add up to at least, so that steps do not find their
+/// data in a cache (more than any CPU's last level or GPU's L2 in 2026).
+const ROTATION_BYTES: usize = 256 << 20;
+
+/// Steps recorded per submission of the GPU benchmarks.
+const BATCH: u64 = 64;
 
 fn smoke() -> bool {
     !std::env::args().any(|a| a == "--bench")
+}
+
+/// Each optimizer's defaults, and each option that changes the state it keeps.
+fn cases() -> Vec<(String, Optimizer)> {
+    let mut out = Vec::new();
+    for name in Optimizer::NAMES {
+        let preset = Optimizer::default_for(name).expect("a registered name");
+        let variants = preset.state_variants();
+        out.push((name.to_string(), preset));
+        out.extend(
+            variants
+                .into_iter()
+                .map(|(v, c)| (format!("{name}/{v}"), c)),
+        );
+    }
+    out
+}
+
+/// Ordinary numbers in [-1, 1], deterministic and cheap.
+fn pattern(len: usize, salt: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let h = (i as u32 ^ salt).wrapping_mul(0x9E37_79B1).rotate_left(13);
+            (h % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
 }
 
 fn steps(c: &mut Criterion) {
@@ -32,49 +66,73 @@ fn steps(c: &mut Criterion) {
             None
         }
     };
-    let timer = gpu
-        .as_ref()
-        .map(|gpu| GpuTimer::new(gpu, false).expect("timestamp queries"));
-    let rotation = if smoke {
-        0
-    } else {
-        rotation_bytes(gpu.as_ref())
-    };
-    for case in cases(&[]).expect("the default cases") {
-        let mut group = c.benchmark_group(case.label());
+    for (label, config) in cases() {
+        let mut group = c.benchmark_group(&label);
         for &size in sizes {
-            let sets = rotation_sets(case.footprint(size), rotation);
-            group.throughput(Throughput::Bytes((size * case.bytes_per_element()) as u64));
-            for implementation in [Implementation::CpuReference, Implementation::CpuFast] {
-                let mut steps = CpuSteps::new(&case.config, size, sets, implementation)
-                    .expect("CPU benchmark set-up");
-                group.bench_function(BenchmarkId::new(implementation.name(), size), |b| {
-                    b.iter(|| steps.step().expect("a CPU step"))
+            let bytes = size * config.bytes_per_element();
+            let footprint = size * 4 * (2 + config.state_names().len());
+            let sets = if smoke {
+                1
+            } else {
+                ROTATION_BYTES.div_ceil(footprint).clamp(1, 1024)
+            };
+            group.throughput(Throughput::Bytes(bytes as u64));
+            let params = AlignedVec::from_slice(&pattern(size, 1));
+            let grads: Vec<f32> = pattern(size, 2).iter().map(|g| 0.1 * g).collect();
+            let grads = AlignedVec::from_slice(&grads);
+            for (name, execution) in [
+                ("cpu-reference", Execution::Reference),
+                ("cpu-fast", Execution::Fast),
+            ] {
+                let mut runs: Vec<(CpuOptimizer, AlignedVec)> = (0..sets)
+                    .map(|_| {
+                        let opt = CpuOptimizer::new(config.clone(), size).expect("a valid config");
+                        (opt.with_execution(execution), params.clone())
+                    })
+                    .collect();
+                let mut next = 0;
+                group.bench_function(BenchmarkId::new(name, size), |b| {
+                    b.iter(|| {
+                        let (opt, p) = &mut runs[next];
+                        next = (next + 1) % sets;
+                        let g = ArrayView1::from(grads.as_slice());
+                        opt.step(ArrayViewMut1::from(p.as_mut_slice()), g)
+                            .expect("a CPU step")
+                    })
                 });
             }
-            if let (Some(gpu), Some(timer)) = (&gpu, &timer) {
-                let mut steps =
-                    GpuSteps::new(gpu, &case.config, size, sets).expect("GPU benchmark set-up");
+            if let Some(gpu) = &gpu {
+                let p = pattern(size, 1);
+                let g = pattern(size, 2);
+                let mut runs: Vec<GpuOptimizer> = (0..sets)
+                    .map(|_| {
+                        let params = gpu.upload("bench/params", &p).expect("upload");
+                        let grads = gpu.upload("bench/grads", &g).expect("upload");
+                        GpuOptimizer::new(gpu, config.clone(), &params, &grads).expect("set-up")
+                    })
+                    .collect();
+                let mut next = 0;
                 group.bench_function(BenchmarkId::new("gpu", size), |b| {
                     b.iter_custom(|iters| {
-                        let mut total = 0.0;
+                        let mut total = Duration::ZERO;
                         let mut left = iters;
                         while left > 0 {
-                            let count = left.min(64) as u32;
-                            let times = timer
-                                .time_batch(gpu, count, |encoder, t| {
-                                    steps.record_step(gpu, encoder, t)
-                                })
+                            let count = left.min(BATCH);
+                            let mut encoder =
+                                gpu.device().create_command_encoder(&Default::default());
+                            for _ in 0..count {
+                                runs[next]
+                                    .record_step(gpu, &mut encoder)
+                                    .expect("a GPU step");
+                                next = (next + 1) % sets;
+                            }
+                            let start = Instant::now();
+                            gpu.submit_and_wait("benchmark steps", encoder)
                                 .expect("a batch of GPU steps");
-                            // Timestamps give one time per step; the wall clock one mean.
-                            total += if times.len() == count as usize {
-                                times.iter().sum::<f64>()
-                            } else {
-                                times[0] * f64::from(count)
-                            };
-                            left -= u64::from(count);
+                            total += start.elapsed();
+                            left -= count;
                         }
-                        Duration::from_secs_f64(total)
+                        total
                     })
                 });
             }

@@ -4,8 +4,10 @@
 //! inputs from synthetic data. Its forward and backward passes are the example's own WGSL
 //! (`train_mlp.wgsl`); its four tensors are segments of one parameter buffer and one gradient
 //! buffer laid out by `ModelLayout`, with two parameter groups (AdamW with weight decay for the
-//! matrices, without for the biases). Each iteration records the backward pass and the
-//! optimizer step into one encoder and submits once; the parameters are never copied.
+//! matrices, without for the biases). The device is the example's own, made with wgpu as any
+//! engine makes it; fusedopt only wraps it (`Gpu::from_device`). Each iteration records the
+//! backward pass and the optimizer step into one encoder and submits once; the parameters are
+//! never copied.
 //!
 //! ```sh
 //! cargo run --release --example train_mlp
@@ -43,9 +45,27 @@ struct Dims {
     _pad: u32,
 }
 
+/// The training pipeline's own device and queue: the best adapter of the backends
+/// `WGPU_BACKEND` allows (real GPUs before software ones), with wgpu's default limits.
+fn own_device() -> Result<(wgpu::Device, wgpu::Queue), Box<dyn Error>> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))?;
+    let descriptor = wgpu::DeviceDescriptor {
+        label: Some("mlp"),
+        ..Default::default()
+    };
+    Ok(pollster::block_on(adapter.request_device(&descriptor))?)
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
-    let gpu = Gpu::new()?;
-    let device = gpu.device();
+    let (device, queue) = own_device()?;
+    // fusedopt works on the pipeline's device; it creates no device of its own.
+    let gpu = Gpu::from_device(device.clone(), queue.clone());
+    let device = &device;
     println!(
         "adapter: {}",
         fusedopt::gpu::describe_adapter(gpu.adapter_info())
@@ -114,8 +134,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    gpu.queue()
-        .write_buffer(&dims_buf, 0, bytemuck::bytes_of(&dims));
+    queue.write_buffer(&dims_buf, 0, bytemuck::bytes_of(&dims));
 
     // The example's own pipelines, with an explicit layout.
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -230,7 +249,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             }
         }
         optimizer.record_step(&gpu, &mut encoder)?;
-        gpu.queue().submit([encoder.finish()]);
+        queue.submit([encoder.finish()]);
         if iteration % 100 == 0 {
             // The loss of the forward pass just run (before this iteration's step).
             let loss: f32 = gpu.download(&loss_buf, 0, BATCH as usize)?.iter().sum();

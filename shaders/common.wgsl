@@ -1,8 +1,9 @@
 // Shared by every optimizer kernel. Each kernel is compiled as this file followed by its own
 // (`src/kernels/mod.rs`), so everything here is in scope there.
 //
-// Binding layout of every kernel (explicit in `src/kernels/mod.rs`):
-//   0: the kernel's uniform of per-step scalars (dynamic offset, one slot per recorded step)
+// Binding layout of every kernel (derived from the optimizer's KernelSpec in
+// `src/kernels/mod.rs`):
+//   0: the kernel's uniform of per-step scalars (copied in ahead of each step's pass)
 //   1: parameters (read-write)      2: gradients (read-only)
 //   3..: optimizer state (read-write), in the order the kernel declares it
 // The element count is the length of the bound parameter range, so a chunk of a larger buffer

@@ -1,7 +1,10 @@
-//! The one error type of the crate.
+//! The one error type of the library.
+
+use std::time::Duration;
 
 /// Everything that can go wrong in fusedopt. Every public fallible call returns it; nothing in
-/// the library panics on bad input or on a wgpu failure.
+/// the library panics on bad input or on a wgpu failure, and a call that fails changes nothing
+/// the caller had. wgpu's own errors are kept as the [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -17,12 +20,22 @@ pub enum Error {
         /// What a valid value looks like.
         requirement: &'static str,
     },
-    /// Options that PyTorch rejects together, or that fusedopt does not support.
+    /// Options that PyTorch rejects together, an unknown optimizer or keyword, or options
+    /// fusedopt does not support.
     #[error("{optimizer}: {message}")]
     Unsupported {
-        /// Optimizer the options were given to.
+        /// Optimizer the options were given to (`fusedopt` for an unknown name).
         optimizer: &'static str,
         /// What is wrong.
+        message: String,
+    },
+    /// A setting or an argument that cannot be used: a layout that does not fit in memory
+    /// arithmetic, a limit set outside what the device allows, a feature the device lacks.
+    #[error("invalid {what}: {message}")]
+    InvalidSetting {
+        /// What was set.
+        what: String,
+        /// Why it cannot be used.
         message: String,
     },
     /// Two tensors that must have the same number of elements do not.
@@ -35,7 +48,8 @@ pub enum Error {
         /// Elements given.
         got: usize,
     },
-    /// A buffer handed to fusedopt cannot be used as it is (usage flags, alignment, size).
+    /// A buffer handed to fusedopt cannot be used as it is: usage flags, alignment, range,
+    /// or ranges that alias or overlap.
     #[error("unusable buffer {what}: {message}")]
     InvalidBuffer {
         /// Which buffer.
@@ -43,12 +57,21 @@ pub enum Error {
         /// Why it cannot be used.
         message: String,
     },
+    /// A buffer of another device than the one the call runs on.
+    #[error("unusable buffer {what}: it belongs to another device")]
+    ForeignBuffer {
+        /// Which buffer.
+        what: String,
+        /// wgpu's report.
+        #[source]
+        source: wgpu::Error,
+    },
     /// A request beyond what the device allows.
-    #[error("{what} needs {requested} bytes but the device allows at most {limit} ({limit_name})")]
+    #[error("{what} needs {requested} but the device allows at most {limit} ({limit_name})")]
     LimitExceeded {
         /// What was being created.
         what: String,
-        /// Bytes asked for.
+        /// Amount asked for (bytes, or workgroups for a dispatch).
         requested: u64,
         /// The device's limit.
         limit: u64,
@@ -59,47 +82,48 @@ pub enum Error {
     #[error("no GPU adapter found: {0}")]
     NoAdapter(String),
     /// The adapter refused to create a device.
-    #[error("could not create a device on {adapter}: {message}")]
+    #[error("could not create a device on {adapter}")]
     RequestDevice {
         /// Adapter name.
         adapter: String,
-        /// wgpu's message.
-        message: String,
+        /// wgpu's report.
+        #[source]
+        source: wgpu::RequestDeviceError,
     },
     /// The device ran out of memory; nothing was changed.
-    #[error("out of GPU memory while {0}")]
-    OutOfMemory(String),
+    #[error("out of GPU memory while {context}")]
+    OutOfMemory {
+        /// What fusedopt was doing.
+        context: String,
+        /// wgpu's report.
+        #[source]
+        source: wgpu::Error,
+    },
     /// wgpu reported a validation or internal error.
-    #[error("wgpu error while {context}: {message}")]
+    #[error("wgpu error while {context}")]
     Wgpu {
         /// What fusedopt was doing.
         context: String,
-        /// wgpu's message.
-        message: String,
-    },
-    /// A shader failed validation (a bug in fusedopt; reported with naga's diagnostic).
-    #[error("shader {kernel} is invalid: {diagnostic}")]
-    ShaderValidation {
-        /// Kernel name.
-        kernel: &'static str,
-        /// naga's rendered diagnostic.
-        diagnostic: String,
+        /// wgpu's report.
+        #[source]
+        source: wgpu::Error,
     },
     /// The device was lost (driver reset, removal, destroy).
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
-    /// Waiting for the GPU timed out.
+    /// Waiting for the GPU timed out. The work that was submitted still runs.
     #[error("timed out after {0:?} waiting for the GPU")]
-    Timeout(std::time::Duration),
-    /// Mapping a buffer for readback failed.
-    #[error("reading back {what} failed: {message}")]
-    Readback {
+    Timeout(Duration),
+    /// Mapping a buffer into host memory failed (for readback, or to write a step's scalars).
+    #[error("mapping {what} failed")]
+    Mapping {
         /// Which buffer.
         what: String,
-        /// The cause.
-        message: String,
+        /// wgpu's report.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A reference-trajectory file that cannot be read or does not follow the format.
+    /// A reference-trajectory file that does not follow the format.
     #[error("{path}: {message}")]
     Golden {
         /// The file.
@@ -107,23 +131,13 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
-    /// A command-line or benchmark argument that cannot be used.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// Drawing a chart of a report failed.
-    #[error("drawing {path}: {message}")]
-    Chart {
-        /// The chart file.
-        path: String,
-        /// What the plotting library reported.
-        message: String,
-    },
     /// An I/O error, with the path it concerns.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: String,
         /// The underlying error.
+        #[source]
         source: std::io::Error,
     },
 }

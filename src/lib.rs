@@ -1,10 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-pub mod bench;
-mod chart;
 pub mod compare;
-pub mod demo;
 mod error;
 pub mod golden;
 pub mod gpu;
@@ -12,11 +9,12 @@ pub mod kernels;
 pub mod model;
 pub mod optim;
 pub mod reference;
-pub mod validate;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use compare::{ErrorStats, Tolerance};
 pub use error::{Error, Result};
-pub use gpu::{BufferRange, BufferSet, Gpu, GpuOptimizer, GpuOptions, Piece};
+pub use gpu::{BufferRange, BufferSet, Gpu, GpuCopy, GpuOptimizer, GpuOptions, Piece};
 pub use model::{ModelLayout, ModelOptimizer, Segment, TensorSpec};
 pub use optim::{Adadelta, Adagrad, Adam, Optimizer, Rmsprop, Sgd};
 pub use reference::CpuOptimizer;

@@ -6,6 +6,9 @@
 use crate::gpu::{BufferRange, Gpu, GpuOptimizer};
 use crate::{Error, Optimizer, Result};
 
+/// Most parameter groups a layout may have (PyTorch models have a handful).
+pub const MAX_GROUPS: usize = 1 << 16;
+
 /// A tensor of a model: its name and shape (row-major; the optimizer only needs its size).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
@@ -24,9 +27,15 @@ impl TensorSpec {
         }
     }
 
-    /// Number of elements.
+    /// Number of elements; `usize::MAX` where the product overflows (a layout refuses such
+    /// a tensor).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.checked_numel().unwrap_or(usize::MAX)
+    }
+
+    /// Number of elements, or `None` where the product of the shape overflows.
+    pub fn checked_numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
 }
 
@@ -57,55 +66,76 @@ pub struct ModelLayout {
 }
 
 impl ModelLayout {
-    /// Lays out `tensors` in `groups` parameter groups; `group_of` names the group of each
-    /// tensor (like PyTorch's `param_groups`). Tensors keep their order within a group.
+    /// Lays out `tensors` in `groups` parameter groups (at most [`MAX_GROUPS`]); `group_of`
+    /// names the group of each tensor (like PyTorch's `param_groups`). Tensors keep their order
+    /// within a group. A layout whose size does not fit the address space is an error.
     pub fn new(
         tensors: &[TensorSpec],
         groups: usize,
         group_of: impl Fn(&TensorSpec) -> usize,
         align: usize,
     ) -> Result<Self> {
-        if groups == 0 || align == 0 {
-            return Err(Error::InvalidArgument(
-                "a layout needs at least one group and an alignment of at least one".into(),
-            ));
+        let invalid = |message: String| Error::InvalidSetting {
+            what: "model layout".into(),
+            message,
+        };
+        if groups == 0 || groups > MAX_GROUPS || align == 0 {
+            return Err(invalid(format!(
+                "{groups} groups with an alignment of {align}: a layout needs 1 to \
+                 {MAX_GROUPS} groups and an alignment of at least one element"
+            )));
         }
         let mut names = std::collections::HashSet::new();
+        let mut placed = Vec::with_capacity(tensors.len());
+        for tensor in tensors {
+            let group = group_of(tensor);
+            if group >= groups {
+                return Err(invalid(format!(
+                    "tensor {} is in group {group}, but there are {groups} groups",
+                    tensor.name
+                )));
+            }
+            match tensor.checked_numel() {
+                Some(0) => return Err(invalid(format!("tensor {} has no elements", tensor.name))),
+                None => {
+                    return Err(invalid(format!(
+                        "tensor {} of shape {:?} has more elements than a usize counts",
+                        tensor.name, tensor.shape
+                    )));
+                }
+                Some(_) => {}
+            }
+            if !names.insert(tensor.name.as_str()) {
+                return Err(invalid(format!("tensor {} appears twice", tensor.name)));
+            }
+            placed.push((group, tensor));
+        }
+        // Group by group, each in the order given.
+        placed.sort_by_key(|(group, _)| *group);
+        let too_large = || invalid("the layout has more elements than memory can address".into());
         let mut segments = Vec::with_capacity(tensors.len());
-        let mut ranges = Vec::with_capacity(groups);
+        let mut ranges = vec![(0, 0); groups];
         let mut offset = 0usize;
-        for group in 0..groups {
+        let mut placed = placed.into_iter().peekable();
+        for (group, range) in ranges.iter_mut().enumerate() {
             let start = offset;
-            for tensor in tensors.iter().filter(|t| group_of(t) == group) {
-                if tensor.numel() == 0 {
-                    return Err(Error::InvalidArgument(format!(
-                        "tensor {} has no elements",
-                        tensor.name
-                    )));
-                }
-                if !names.insert(tensor.name.as_str()) {
-                    return Err(Error::InvalidArgument(format!(
-                        "tensor {} appears twice",
-                        tensor.name
-                    )));
-                }
+            while let Some((_, tensor)) = placed.next_if(|(g, _)| *g == group) {
+                let len = tensor.numel();
                 segments.push(Segment {
                     tensor: tensor.clone(),
                     group,
                     offset,
-                    len: tensor.numel(),
+                    len,
                 });
-                offset = (offset + tensor.numel()).next_multiple_of(align);
+                offset = offset
+                    .checked_add(len)
+                    .and_then(|end| end.checked_next_multiple_of(align))
+                    .ok_or_else(too_large)?;
             }
-            ranges.push((start, offset - start));
+            *range = (start, offset - start);
         }
-        if let Some(t) = tensors.iter().find(|t| group_of(t) >= groups) {
-            return Err(Error::InvalidArgument(format!(
-                "tensor {} is in group {}, but there are {groups} groups",
-                t.name,
-                group_of(t)
-            )));
-        }
+        // Bytes of the flat buffers must be countable too.
+        offset.checked_mul(4).ok_or_else(too_large)?;
         Ok(Self {
             segments,
             groups: ranges,
@@ -178,21 +208,25 @@ impl ModelLayout {
     }
 }
 
-/// One optimizer per parameter group over a model's flat buffers.
+/// One optimizer per parameter group over a model's flat buffers. A step steps every group or
+/// none: when it fails before running, no group's step count moves.
 #[derive(Debug)]
 pub struct ModelOptimizer {
     layout: ModelLayout,
+    /// The optimizer of each non-empty group.
     groups: Vec<GpuOptimizer>,
+    /// The index in the layout of each of `groups`.
+    indices: Vec<usize>,
 }
 
 impl ModelOptimizer {
     /// Steps the model laid out by `layout` in `params` and `grads` (each at least
     /// `layout.len()` elements from its offset), with `configs[g]` for group `g`.
-    pub fn new(
+    pub fn new<'a>(
         gpu: &Gpu,
         layout: ModelLayout,
-        params: BufferRange<'_>,
-        grads: BufferRange<'_>,
+        params: BufferRange<'a>,
+        grads: BufferRange<'a>,
         configs: &[Optimizer],
     ) -> Result<Self> {
         if configs.len() != layout.groups.len() {
@@ -211,28 +245,25 @@ impl ModelOptimizer {
                 });
             }
         }
-        fn sub<'a>(range: &BufferRange<'a>, start: usize, len: usize) -> BufferRange<'a> {
-            BufferRange {
-                buffer: range.buffer,
-                offset: range.offset + start as u64,
-                len,
+        let sub = |range: &BufferRange<'a>, start: usize, len: usize| BufferRange {
+            buffer: range.buffer,
+            offset: range.offset + start as u64,
+            len,
+        };
+        let mut groups = Vec::new();
+        let mut indices = Vec::new();
+        for (g, (&(start, len), config)) in layout.groups.iter().zip(configs).enumerate() {
+            if len > 0 {
+                let (p, q) = (sub(&params, start, len), sub(&grads, start, len));
+                groups.push(GpuOptimizer::new(gpu, config.clone(), p, q)?);
+                indices.push(g);
             }
         }
-        let groups = layout
-            .groups
-            .iter()
-            .zip(configs)
-            .filter(|((_, len), _)| *len > 0)
-            .map(|(&(start, len), config)| {
-                GpuOptimizer::new(
-                    gpu,
-                    config.clone(),
-                    sub(&params, start, len),
-                    sub(&grads, start, len),
-                )
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { layout, groups })
+        Ok(Self {
+            layout,
+            groups,
+            indices,
+        })
     }
 
     /// The layout.
@@ -240,7 +271,7 @@ impl ModelOptimizer {
         &self.layout
     }
 
-    /// The optimizer of each non-empty group.
+    /// The optimizer of each non-empty group, in group order.
     pub fn groups(&self) -> &[GpuOptimizer] {
         &self.groups
     }
@@ -255,10 +286,18 @@ impl ModelOptimizer {
 
     /// Records one step of every group at its configured learning rate.
     pub fn record_step(&mut self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
-        for group in &mut self.groups {
-            group.record_step(gpu, encoder)?;
-        }
-        Ok(())
+        self.record(gpu, encoder, None, None)
+    }
+
+    /// Records one step with learning rate `lrs[g]` for group `g` (one per group of the
+    /// layout, empty groups included), as a scheduler sets each `param_group['lr']`.
+    pub fn record_step_with_lrs(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        lrs: &[f64],
+    ) -> Result<()> {
+        self.record(gpu, encoder, Some(lrs), None)
     }
 
     /// Records one step like [`Self::record_step`], with the GPU's clock written at the start
@@ -270,85 +309,113 @@ impl ModelOptimizer {
         encoder: &mut wgpu::CommandEncoder,
         timestamps: wgpu::ComputePassTimestampWrites<'_>,
     ) -> Result<()> {
-        let last = self.groups.len() - 1;
-        for (g, group) in self.groups.iter_mut().enumerate() {
-            let writes = wgpu::ComputePassTimestampWrites {
-                query_set: timestamps.query_set,
-                beginning_of_pass_write_index: timestamps
-                    .beginning_of_pass_write_index
-                    .filter(|_| g == 0),
-                end_of_pass_write_index: timestamps.end_of_pass_write_index.filter(|_| g == last),
-            };
-            let lr = group.config().lr();
-            group.record_step_timed(gpu, encoder, lr, writes)?;
-        }
-        Ok(())
+        self.record(gpu, encoder, None, Some(timestamps))
     }
 
-    /// Takes one step of every group and waits for it.
+    /// Takes one step of every group at its configured learning rate and waits for it.
     pub fn step(&mut self, gpu: &Gpu) -> Result<()> {
+        let lrs = self.configured_lrs();
+        self.step_with_lrs(gpu, &lrs)
+    }
+
+    /// Takes one step with learning rate `lrs[g]` for group `g` and waits for it. A step that
+    /// could not be recorded or submitted changes no step count; one that was submitted is
+    /// counted in every group even if the wait fails, since the GPU runs it anyway.
+    pub fn step_with_lrs(&mut self, gpu: &Gpu, lrs: &[f64]) -> Result<()> {
         let mut encoder = gpu
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("fusedopt/model step"),
             });
-        self.record_step(gpu, &mut encoder)?;
-        gpu.submit_and_wait("running a model step", encoder)
+        let before = self.step_counts();
+        self.record_step_with_lrs(gpu, &mut encoder, lrs)?;
+        let submission = gpu
+            .submit("running a model step", encoder)
+            .inspect_err(|_| self.rewind(&before))?;
+        gpu.wait(submission)
     }
-}
 
-/// The tensors of a GPT-2-style transformer: token and position embeddings, `layers` blocks of
-/// layer norms, attention (fused QKV and projection) and MLP (4× width) weights and biases, and
-/// a final layer norm; 12 layers give 148 tensors. GPT-2 small is `(768, 12, 50257, 1024)`.
-pub fn transformer_tensors(
-    d_model: usize,
-    layers: usize,
-    vocab: usize,
-    context: usize,
-) -> Vec<TensorSpec> {
-    let d = d_model;
-    let mut t = vec![
-        TensorSpec::new("wte.weight", &[vocab, d]),
-        TensorSpec::new("wpe.weight", &[context, d]),
-    ];
-    for l in 0..layers {
-        let p = |s: &str| format!("h.{l}.{s}");
-        t.extend([
-            TensorSpec::new(p("ln_1.weight"), &[d]),
-            TensorSpec::new(p("ln_1.bias"), &[d]),
-            TensorSpec::new(p("attn.qkv.weight"), &[3 * d, d]),
-            TensorSpec::new(p("attn.qkv.bias"), &[3 * d]),
-            TensorSpec::new(p("attn.proj.weight"), &[d, d]),
-            TensorSpec::new(p("attn.proj.bias"), &[d]),
-            TensorSpec::new(p("ln_2.weight"), &[d]),
-            TensorSpec::new(p("ln_2.bias"), &[d]),
-            TensorSpec::new(p("mlp.fc.weight"), &[4 * d, d]),
-            TensorSpec::new(p("mlp.fc.bias"), &[4 * d]),
-            TensorSpec::new(p("mlp.proj.weight"), &[d, 4 * d]),
-            TensorSpec::new(p("mlp.proj.bias"), &[d]),
-        ]);
+    /// Reads the flat parameters back (`layout.len()` elements, padding included).
+    pub fn read_params(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(self.layout.len);
+        for group in &self.groups {
+            out.extend(group.read_params(gpu)?);
+        }
+        Ok(out)
     }
-    t.extend([
-        TensorSpec::new("ln_f.weight", &[d]),
-        TensorSpec::new("ln_f.bias", &[d]),
-    ]);
-    t
-}
 
-/// The transformer of [`transformer_tensors`] (12 layers, 8192-token vocabulary, 1024
-/// positions) whose width, a multiple of 64, brings its parameter count closest to `params`.
-pub fn transformer_near(params: usize) -> Vec<TensorSpec> {
-    let count = |d: usize| {
-        transformer_tensors(d, 12, 8192, 1024)
-            .iter()
-            .map(TensorSpec::numel)
-            .sum::<usize>()
-    };
-    let d = (1..=256)
-        .map(|k| 64 * k)
-        .min_by_key(|&d| count(d).abs_diff(params))
-        .expect("a non-empty range");
-    transformer_tensors(d, 12, 8192, 1024)
+    fn configured_lrs(&self) -> Vec<f64> {
+        let mut lrs = vec![0.0; self.layout.groups.len()];
+        for (&g, group) in self.indices.iter().zip(&self.groups) {
+            lrs[g] = group.config().lr();
+        }
+        lrs
+    }
+
+    fn step_counts(&self) -> Vec<u64> {
+        self.groups.iter().map(GpuOptimizer::step_count).collect()
+    }
+
+    fn rewind(&mut self, counts: &[u64]) {
+        for (group, &count) in self.groups.iter_mut().zip(counts) {
+            group.rewind(count);
+        }
+    }
+
+    /// Records every group or none: the learning rates are checked before anything is
+    /// recorded, and if a group fails after others were recorded, their counts are set back
+    /// (the encoder then holds an error, so it never runs).
+    fn record(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        lrs: Option<&[f64]>,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        let lrs = match lrs {
+            Some(lrs) if lrs.len() != self.layout.groups.len() => {
+                return Err(Error::LengthMismatch {
+                    what: "learning rates (one per parameter group)".into(),
+                    expected: self.layout.groups.len(),
+                    got: lrs.len(),
+                });
+            }
+            Some(lrs) => lrs.to_vec(),
+            None => self.configured_lrs(),
+        };
+        for (&g, group) in self.indices.iter().zip(&self.groups) {
+            group.check_lr(lrs[g])?;
+        }
+        let before = self.step_counts();
+        let last = self.groups.len().saturating_sub(1);
+        let mut failure = None;
+        for (k, (&g, group)) in self.indices.iter().zip(&mut self.groups).enumerate() {
+            let recorded = match &timestamps {
+                Some(t) => {
+                    let writes = wgpu::ComputePassTimestampWrites {
+                        query_set: t.query_set,
+                        beginning_of_pass_write_index: t
+                            .beginning_of_pass_write_index
+                            .filter(|_| k == 0),
+                        end_of_pass_write_index: t.end_of_pass_write_index.filter(|_| k == last),
+                    };
+                    group.record_step_timed(gpu, encoder, lrs[g], writes)
+                }
+                None => group.record_step_with_lr(gpu, encoder, lrs[g]),
+            };
+            if let Err(e) = recorded {
+                failure = Some(e);
+                break;
+            }
+        }
+        match failure {
+            Some(e) => {
+                self.rewind(&before);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// The usual AdamW grouping: matrices decay (group 0), biases and norms do not (group 1).
@@ -356,9 +423,10 @@ pub fn decay_group(tensor: &TensorSpec) -> usize {
     usize::from(tensor.shape.len() < 2)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
+    use crate::testing::transformer_tensors;
 
     #[test]
     fn segments_are_aligned_grouped_and_disjoint() {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use fusedopt::validate::{RandomProblem, schedule};
+use fusedopt::testing::{RandomProblem, schedule};
 use fusedopt::{
     Adam, BufferRange, CpuOptimizer, Error, GpuOptimizer, ModelLayout, ModelOptimizer, Optimizer,
     Piece, Sgd, TensorSpec,
@@ -19,8 +19,12 @@ fn cpu_run(config: &Optimizer, start: &[f32], grads: &[Vec<f32>]) -> Vec<f32> {
     let mut p = start.to_vec();
     for (t, g) in grads.iter().enumerate() {
         let lr = schedule(config.lr(), t as u64 + 1);
-        opt.step_with_lr(ArrayViewMut1::from(&mut p[..]), ArrayView1::from(&g[..]), lr)
-            .unwrap();
+        opt.step_with_lr(
+            ArrayViewMut1::from(&mut p[..]),
+            ArrayView1::from(&g[..]),
+            lr,
+        )
+        .unwrap();
     }
     p
 }
@@ -62,7 +66,11 @@ fn any_number_of_steps_recorded_before_one_submit_are_exact() {
     gpu.queue().submit([encoder.finish()]);
     assert_eq!(opt.step_count(), steps as u64);
     let want = cpu_run(&config, &problem.params, &grads);
-    assert_close(&opt.read_params(gpu).unwrap(), &want, "200 steps in one submission");
+    assert_close(
+        &opt.read_params(gpu).unwrap(),
+        &want,
+        "200 steps in one submission",
+    );
 }
 
 /// A buffer made on another device is refused when the optimizer is built, naming the
@@ -84,12 +92,17 @@ fn buffers_of_another_device_are_refused() {
     ] {
         let err = GpuOptimizer::new(&here, Sgd::default(), params, grads).unwrap_err();
         assert!(
-            true,
+            matches!(&err, Error::ForeignBuffer { what: w, .. } if w == what),
             "{what}: {err:?}"
         );
     }
     assert_eq!(here.download(&local_params, 0, 64).unwrap(), [1.0; 64]);
     assert_eq!(there.download(&foreign_params, 0, 64).unwrap(), [2.0; 64]);
+    // A buffer of this device that is unusable for another reason is not called foreign.
+    let destroyed = here.upload("destroyed grads", &[0.5; 64]).unwrap();
+    destroyed.destroy();
+    let err = GpuOptimizer::new(&here, Sgd::default(), &local_params, &destroyed).unwrap_err();
+    assert!(matches!(err, Error::Wgpu { .. }), "{err:?}");
 }
 
 /// Parameters and gradients in one buffer, or pieces that overlap, are refused at
@@ -109,7 +122,10 @@ fn aliased_and_overlapping_ranges_are_refused() {
     let refused = |result: fusedopt::Result<GpuOptimizer>, words: &[&str], case: &str| {
         let err = result.unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, Error::InvalidBuffer { .. }), "{case}: {err:?}");
+        assert!(
+            matches!(err, Error::InvalidBuffer { .. }),
+            "{case}: {err:?}"
+        );
         for w in words {
             assert!(text.contains(w), "{case}: {text:?} should say {w:?}");
         }
@@ -129,7 +145,10 @@ fn aliased_and_overlapping_ranges_are_refused() {
         &["same buffer"],
         "disjoint halves",
     );
-    let piece = |p, g| Piece { params: p, grads: g };
+    let piece = |p, g| Piece {
+        params: p,
+        grads: g,
+    };
     refused(
         GpuOptimizer::with_pieces(
             gpu,
@@ -190,15 +209,28 @@ fn a_timed_out_step_keeps_its_count() {
     gpu.set_timeout(Duration::ZERO);
     let first = opt.step_with_lr(&gpu, schedule(config.lr(), 1));
     gpu.set_timeout(Duration::from_secs(300));
-    assert!(
-        matches!(first, Err(Error::Timeout(_))),
-        "a zero timeout expires before {n} elements are stepped: {first:?}"
-    );
+    // wgpu's GL backend has finished the work by the time submission returns, so only the
+    // other backends can time out here; on them, a zero timeout must expire.
+    if gpu.adapter_info().backend != wgpu::Backend::Gl {
+        assert!(
+            matches!(first, Err(Error::Timeout(_))),
+            "a zero timeout expires before {n} elements are stepped: {first:?}"
+        );
+    } else {
+        assert!(
+            matches!(first, Ok(()) | Err(Error::Timeout(_))),
+            "{first:?}"
+        );
+    }
     assert_eq!(opt.step_count(), 1, "the submitted step is counted");
     gpu.write(&grad_buffer, 0, &grads[1]).unwrap();
     opt.step_with_lr(&gpu, schedule(config.lr(), 2)).unwrap();
     let want = cpu_run(&config, &problem.params, &grads);
-    assert_close(&opt.read_params(&gpu).unwrap(), &want, "second step after a timeout");
+    assert_close(
+        &opt.read_params(&gpu).unwrap(),
+        &want,
+        "second step after a timeout",
+    );
 }
 
 /// A model step that fails before it runs changes no group's step count and no parameter.
@@ -226,23 +258,43 @@ fn a_failed_model_step_changes_nothing() {
     )
     .unwrap();
     grads.destroy();
-    assert!(opt.step(gpu).is_err(), "a destroyed gradient buffer fails the step");
+    assert!(
+        opt.step(gpu).is_err(),
+        "a destroyed gradient buffer fails the step"
+    );
     let counts: Vec<u64> = opt.groups().iter().map(GpuOptimizer::step_count).collect();
     assert_eq!(counts, [0, 0], "no group counts a step that did not run");
-    assert_eq!(gpu.download(&params, 0, start.len()).unwrap(), start, "params untouched");
+    assert_eq!(opt.read_params(gpu).unwrap(), start, "params untouched");
 }
 
 /// Layout arithmetic that would overflow is an error, never a wrapped offset or a panic.
 #[test]
 fn layout_arithmetic_is_checked() {
     let huge = [TensorSpec::new("a", &[usize::MAX - 3])];
-    assert!(ModelLayout::new(&huge, 1, |_| 0, 64).is_err(), "past usize after padding");
+    assert!(
+        ModelLayout::new(&huge, 1, |_| 0, 64).is_err(),
+        "past usize after padding"
+    );
     let wraps = [TensorSpec::new("a", &[1 << 33, (1 << 31) + 1])];
-    assert!(ModelLayout::new(&wraps, 1, |_| 0, 64).is_err(), "numel wraps");
-    let two = [TensorSpec::new("a", &[usize::MAX / 2]), TensorSpec::new("b", &[usize::MAX / 2])];
-    assert!(ModelLayout::new(&two, 1, |_| 0, 1).is_err(), "the sum overflows");
+    assert!(
+        ModelLayout::new(&wraps, 1, |_| 0, 64).is_err(),
+        "numel wraps"
+    );
+    let two = [
+        TensorSpec::new("a", &[usize::MAX / 2]),
+        TensorSpec::new("b", &[usize::MAX / 2]),
+    ];
+    assert!(
+        ModelLayout::new(&two, 1, |_| 0, 1).is_err(),
+        "the sum overflows"
+    );
     let small = [TensorSpec::new("a", &[3])];
-    assert!(ModelLayout::new(&small, usize::MAX, |_| 0, 4).is_err(), "absurd group count");
-    assert!(ModelLayout::new(&small, 1, |_| 0, usize::MAX).is_err(), "absurd alignment");
+    assert!(
+        ModelLayout::new(&small, usize::MAX, |_| 0, 4).is_err(),
+        "absurd group count"
+    );
+    assert!(
+        ModelLayout::new(&small, 1, |_| 0, usize::MAX).is_err(),
+        "absurd alignment"
+    );
 }
-

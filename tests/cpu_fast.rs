@@ -2,7 +2,7 @@
 //! every option set, at sizes that cross its block and task boundaries.
 
 use fusedopt::reference::{BLOCK, CpuOptimizer, Execution, FAST_TASK_ELEMENTS};
-use fusedopt::validate::{RandomProblem, schedule, variants};
+use fusedopt::testing::{RandomProblem, schedule, variants};
 use fusedopt::{Optimizer, Result};
 use ndarray::{Array1, ArrayView1, s};
 

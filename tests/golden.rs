@@ -1,16 +1,15 @@
 //! The recorded PyTorch and optax trajectories in tests/golden (copied from the project's
-//! shared reference folder; see tests/golden/README.md) through the CPU reference, the GPU
-//! kernels and the `fusedopt check` command.
+//! shared reference folder; see tests/golden/README.md) through the CPU reference and the GPU
+//! kernels, and the format read strictly (`cli/tests/check.rs` runs `fusedopt check`).
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use std::collections::HashMap;
 
 use fusedopt::golden::Trajectory;
-use fusedopt::validate::RandomProblem;
+use fusedopt::testing::RandomProblem;
 use fusedopt::{CpuOptimizer, Optimizer, Tolerance};
 use ndarray::{ArrayView1, ArrayViewMut1};
 use safetensors::Dtype;
@@ -61,37 +60,6 @@ fn gpu_kernels_follow_every_trajectory() {
     }
 }
 
-fn fusedopt(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fusedopt"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-#[test]
-fn check_command_passes_on_the_repository_copy() {
-    if common::gpu().is_none() {
-        return;
-    }
-    let files: Vec<String> = golden_files()
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let mut args = vec!["check"];
-    args.extend(files.iter().map(String::as_str));
-    let (ok, text) = fusedopt(&args);
-    assert!(ok, "fusedopt check failed:\n{text}");
-    assert!(text.contains("all files pass"), "{text}");
-    assert_eq!(
-        text.matches("  gpu  ").count(),
-        files.len(),
-        "one GPU line per file:\n{text}"
-    );
-}
-
 /// Writes a trajectory file in the format of tests/golden/FORMAT.md.
 fn write_trajectory(
     name: &str,
@@ -121,57 +89,6 @@ fn write_trajectory(
     ));
     safetensors::serialize_to_file(views, Some(metadata), &out).unwrap();
     out
-}
-
-/// Writes a copy of `source` with every recorded parameter scaled by `1 + shift`, and
-/// optionally other hyperparameters.
-fn tampered_copy(source: &Path, shift: f32, name: &str, hyper: Option<&str>) -> PathBuf {
-    let bytes = std::fs::read(source).unwrap();
-    let traj = Trajectory::parse("source", &bytes).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let mut metadata = meta.metadata().clone().unwrap();
-    if let Some(h) = hyper {
-        metadata.insert("hyper".into(), h.into());
-    }
-    let params: Vec<f32> = traj.params.iter().map(|x| x * (1.0 + shift)).collect();
-    write_trajectory(name, metadata, &traj, &params)
-}
-
-#[test]
-fn check_command_fails_on_a_wrong_trajectory() {
-    let adam = golden_files()
-        .into_iter()
-        .find(|p| p.ends_with("adam.safetensors"))
-        .unwrap();
-    let exact = tampered_copy(&adam, 0.0, "exact", None);
-    let (ok, text) = fusedopt(&["check", "--cpu-only", exact.to_str().unwrap()]);
-    assert!(ok, "an unmodified copy passes:\n{text}");
-    let wrong = tampered_copy(&adam, 1e-4, "shifted", None);
-    let (ok, text) = fusedopt(&["check", "--cpu-only", wrong.to_str().unwrap()]);
-    assert!(!ok, "parameters off by 1e-4 relative must fail:\n{text}");
-    assert!(text.contains("FAILED"), "{text}");
-    let (ok, text) = fusedopt(&[
-        "check",
-        "--cpu-only",
-        "--rtol",
-        "1e-3",
-        wrong.to_str().unwrap(),
-    ]);
-    assert!(ok, "a looser tolerance accepts it:\n{text}");
-    let unknown = tampered_copy(
-        &adam,
-        0.0,
-        "unknown",
-        Some(r#"{"lr": 0.001, "momentum_decay": 0.004}"#),
-    );
-    let (ok, text) = fusedopt(&["check", "--cpu-only", unknown.to_str().unwrap()]);
-    assert!(
-        !ok && text.contains("momentum_decay"),
-        "an unknown hyperparameter is named:\n{text}"
-    );
-    for p in [exact, wrong, unknown] {
-        let _ = std::fs::remove_file(p);
-    }
 }
 
 /// Files of options, sizes and schedules that are not among the recorded ones: recorded here

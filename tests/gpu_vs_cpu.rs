@@ -3,7 +3,7 @@
 
 mod common;
 
-use fusedopt::validate::{RandomProblem, gpu_against_cpu, schedule, variants};
+use fusedopt::testing::{RandomProblem, gpu_against_cpu, schedule, variants};
 use fusedopt::{
     Adagrad, Adam, BufferRange, CpuOptimizer, Gpu, GpuOptimizer, Optimizer, Rmsprop, Sgd, Tolerance,
 };

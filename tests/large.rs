@@ -5,7 +5,7 @@
 mod common;
 
 use fusedopt::reference::Execution;
-use fusedopt::validate::{RandomProblem, gpu_against_cpu, schedule};
+use fusedopt::testing::{RandomProblem, gpu_against_cpu, schedule};
 use fusedopt::{BufferRange, BufferSet, CpuOptimizer, GpuOptimizer, Optimizer, Tolerance};
 use ndarray::{ArrayView1, ArrayViewMut1};
 

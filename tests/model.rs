@@ -5,8 +5,9 @@
 
 mod common;
 
-use fusedopt::model::{decay_group, transformer_tensors};
-use fusedopt::validate::RandomProblem;
+use fusedopt::model::decay_group;
+use fusedopt::testing::RandomProblem;
+use fusedopt::testing::transformer_tensors;
 use fusedopt::{Adam, BufferRange, CpuOptimizer, ModelLayout, ModelOptimizer, Optimizer};
 use ndarray::{ArrayView1, ArrayViewMut1};
 

@@ -1,64 +1,14 @@
 //! Stepping an optimizer on parameters that live in GPU buffers.
 
-use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use super::Gpu;
-use crate::kernels::{FIRST_STATE_BINDING, Kernel, workgroups};
-use crate::optim::{Optimizer, StateSlot, UniformBlock};
+use super::range::{BufferRange, Piece, check_pieces};
+use crate::kernels::{
+    Chunked, FIRST_STATE_BINDING, GRAD_BINDING, Kernel, PARAM_BINDING, UNIFORM_BINDING, elements,
+};
+use crate::optim::{Optimizer, StateSlot};
 use crate::{Error, Result};
-
-/// Uniform slots per optimizer: each recorded step writes its scalars to the next slot, so up
-/// to this many steps can be recorded into command buffers before one submission without
-/// overwriting each other (`queue.write_buffer` lands before the submission, not in order
-/// with the recorded passes).
-pub const STEPS_PER_SUBMISSION: u64 = 64;
-
-/// `len` f32 elements of a buffer, starting at element `offset`.
-#[derive(Clone, Copy, Debug)]
-pub struct BufferRange<'a> {
-    /// The buffer; it needs `STORAGE` usage (and `COPY_SRC` to be read back).
-    pub buffer: &'a wgpu::Buffer,
-    /// First element; `offset * 4` must be a multiple of the device's storage offset alignment.
-    pub offset: u64,
-    /// Number of elements.
-    pub len: usize,
-}
-
-impl<'a> BufferRange<'a> {
-    /// The whole buffer as f32 elements.
-    pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
-        Self {
-            buffer,
-            offset: 0,
-            len: (buffer.size() / 4) as usize,
-        }
-    }
-}
-
-impl<'a> From<&'a wgpu::Buffer> for BufferRange<'a> {
-    fn from(buffer: &'a wgpu::Buffer) -> Self {
-        Self::whole(buffer)
-    }
-}
-
-/// One buffer's share of a parameter set: parameters and their gradients, of equal length.
-/// A set larger than `max_buffer_size` (or than 4 GiB) is several pieces, stepped together by
-/// one [`GpuOptimizer`] ([`GpuOptimizer::with_pieces`], [`crate::gpu::BufferSet`]).
-#[derive(Clone, Copy, Debug)]
-pub struct Piece<'a> {
-    /// The parameters.
-    pub params: BufferRange<'a>,
-    /// Their gradients.
-    pub grads: BufferRange<'a>,
-}
-
-/// One dispatch: a bind group over one chunk of every tensor, and its workgroup counts.
-#[derive(Debug)]
-struct Chunk {
-    bind_group: wgpu::BindGroup,
-    groups: (u32, u32),
-}
 
 /// What the optimizer keeps of one piece: where its parameters are, and its state.
 #[derive(Debug)]
@@ -73,7 +23,9 @@ struct PieceState {
 /// GPU and steps all elements with one fused kernel, one dispatch per chunk.
 ///
 /// Like a `torch.optim` optimizer it is created for its parameters; the bind groups are made
-/// once, so a step only writes a few bytes of scalars and records the dispatches.
+/// once. A step records, into the caller's encoder, a copy of its few bytes of scalars into the
+/// kernel's uniform and then the dispatches, so any number of steps may be recorded before one
+/// submission, each with its own scalars.
 #[derive(Debug)]
 pub struct GpuOptimizer {
     config: Optimizer,
@@ -81,8 +33,7 @@ pub struct GpuOptimizer {
     len: usize,
     pieces: Vec<PieceState>,
     uniform: wgpu::Buffer,
-    uniform_stride: u64,
-    chunks: Vec<Chunk>,
+    dispatches: Chunked,
     step: u64,
 }
 
@@ -104,7 +55,8 @@ impl GpuOptimizer {
 
     /// Creates one optimizer for a parameter set held in several buffers (pieces, in order),
     /// as a set past `max_buffer_size` must be. Each piece gets its own state buffers; a step
-    /// dispatches over every chunk of every piece.
+    /// dispatches over every chunk of every piece. Pieces may share buffers but not elements;
+    /// parameters and gradients of one piece need two buffers.
     pub fn with_pieces(
         gpu: &Gpu,
         config: impl Into<Optimizer>,
@@ -112,111 +64,77 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        if pieces.is_empty() {
-            return Err(Error::InvalidBuffer {
-                what: "params".into(),
-                message: "a parameter set needs at least one piece".into(),
-            });
-        }
-        for piece in pieces {
-            check_range(gpu, "params", &piece.params, wgpu::BufferUsages::STORAGE)?;
-            check_range(gpu, "grads", &piece.grads, wgpu::BufferUsages::STORAGE)?;
-            if piece.grads.len != piece.params.len {
-                return Err(Error::LengthMismatch {
-                    what: "grads".into(),
-                    expected: piece.params.len,
-                    got: piece.grads.len,
-                });
-            }
-        }
-        let rule = config.rule();
-        let kernel = gpu.kernel(rule.shader(), &rule.overrides())?;
+        check_pieces(gpu, pieces)?;
+        let kernel = gpu.kernel(&config)?;
+        let spec = config.kernel();
         let name = config.name();
-
-        // Bound but never touched: the override constant disables their code path.
-        let placeholders = rule
-            .state_slots()
-            .iter()
-            .filter(|s| s.is_none())
-            .map(|_| gpu.zeros(&format!("{name}/unused"), 1))
-            .collect::<Result<Vec<_>>>()?;
-
-        let uniform_size = rule.shader().uniform_struct().1 as u64;
-        let uniform_stride =
-            uniform_size.next_multiple_of(u64::from(gpu.limits().uniform_offset_alignment));
-        let uniform = gpu.scoped("allocating the uniform ring", || {
+        let slots = config.state_slots();
+        let uniform = gpu.scoped("allocating the uniform", || {
             gpu.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{name}/scalars")),
-                size: uniform_stride * STEPS_PER_SUBMISSION,
+                size: spec.uniform.size as u64,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         })?;
 
-        let mut chunks = Vec::new();
+        let mut dispatches = Chunked::default();
         let mut states = Vec::with_capacity(pieces.len());
         for (index, piece) in pieces.iter().enumerate() {
             let (params, grads) = (piece.params, piece.grads);
-            let mut state = Vec::new();
-            for slot in rule.state_slots() {
-                state.push(match slot {
-                    Some(slot) => {
-                        let label = format!("{name}/{}#{index}", slot.name);
-                        let buffer = gpu.zeros(&label, params.len)?;
-                        if slot.init != 0.0 {
-                            gpu.fill(&buffer, 0, params.len as u64, slot.init)?;
-                        }
-                        Some((slot, buffer))
-                    }
-                    None => None,
-                });
-            }
-
-            let chunk_elements = gpu.limits().chunk_elements();
-            let mut start = 0u64;
-            while start < params.len as u64 {
-                let n = (params.len as u64 - start).min(chunk_elements);
-                let mut placeholder = placeholders.iter();
-                let mut entries = vec![
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &uniform,
-                            offset: 0,
-                            size: NonZeroU64::new(uniform_size),
-                        }),
-                    },
-                    entry(1, elements(params.buffer, params.offset + start, n)),
-                    entry(2, elements(grads.buffer, grads.offset + start, n)),
-                ];
-                for (k, slot) in state.iter().enumerate() {
-                    let binding = match slot {
-                        Some((_, buffer)) => elements(buffer, start, n),
-                        // One placeholder per unused binding, in order.
-                        None => elements(
-                            placeholder.next().expect("one placeholder per unused slot"),
-                            0,
-                            1,
-                        ),
+            // One buffer per state binding: the piece's own tensor, or, where this
+            // configuration does not use the binding, a one-element placeholder that the
+            // override constants keep the kernel from touching.
+            let bound = slots
+                .iter()
+                .map(|slot| {
+                    let Some(slot) = slot else {
+                        return Ok((gpu.zeros(&format!("{name}/unused"), 1)?, None));
                     };
-                    entries.push(entry(FIRST_STATE_BINDING + k as u32, binding));
-                }
-                let bind_group = gpu.scoped("creating bind groups", || {
-                    gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some(&format!("{name}#{index}/chunk@{start}")),
-                        layout: &kernel.layout,
-                        entries: &entries,
-                    })
-                })?;
-                let groups = workgroups(n as u32, gpu.limits().max_workgroups_per_dimension);
-                chunks.push(Chunk { bind_group, groups });
-                start += n;
-            }
+                    let buffer = gpu.zeros(&format!("{name}/{}#{index}", slot.name), params.len)?;
+                    if slot.init != 0.0 {
+                        gpu.fill(&buffer, 0, params.len as u64, slot.init)?;
+                    }
+                    Ok((buffer, Some(*slot)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            gpu.scoped("creating bind groups", || {
+                dispatches.extend(
+                    gpu.device(),
+                    &kernel,
+                    &format!("{name}#{index}"),
+                    params.len as u64,
+                    gpu.limits().grid(),
+                    |start, n| {
+                        let mut entries = vec![
+                            entry(UNIFORM_BINDING, uniform.as_entire_binding()),
+                            entry(
+                                PARAM_BINDING,
+                                elements(params.buffer, params.offset + start, n),
+                            ),
+                            entry(
+                                GRAD_BINDING,
+                                elements(grads.buffer, grads.offset + start, n),
+                            ),
+                        ];
+                        let state = (FIRST_STATE_BINDING..).zip(&bound);
+                        entries.extend(state.map(|(binding, (buffer, slot))| match slot {
+                            Some(_) => entry(binding, elements(buffer, start, n)),
+                            None => entry(binding, elements(buffer, 0, 1)),
+                        }));
+                        entries
+                    },
+                )
+            })??;
+            let state = bound
+                .into_iter()
+                .filter_map(|(buffer, slot)| Some((slot?, buffer)))
+                .collect();
             states.push(PieceState {
                 params: params.buffer.clone(),
                 offset: params.offset,
                 len: params.len,
-                state: state.into_iter().flatten().collect(),
+                state,
             });
         }
 
@@ -226,8 +144,7 @@ impl GpuOptimizer {
             len: states.iter().map(|p| p.len).sum(),
             pieces: states,
             uniform,
-            uniform_stride,
-            chunks,
+            dispatches,
             step: 0,
         })
     }
@@ -247,14 +164,15 @@ impl GpuOptimizer {
         self.len == 0
     }
 
-    /// Steps taken so far (PyTorch's `state['step']`).
+    /// Steps taken so far (PyTorch's `state['step']`): every step recorded without an error,
+    /// whether or not the caller has submitted it yet.
     pub fn step_count(&self) -> u64 {
         self.step
     }
 
     /// Dispatches per step (one per chunk of the largest storage binding).
     pub fn dispatches_per_step(&self) -> usize {
-        self.chunks.len()
+        self.dispatches.len()
     }
 
     /// Records one step at the configured learning rate into the caller's encoder.
@@ -263,8 +181,8 @@ impl GpuOptimizer {
     }
 
     /// Records one step at learning rate `lr` (a schedule's value) into the caller's encoder.
-    /// The step's scalars are written with `queue.write_buffer`; up to
-    /// [`STEPS_PER_SUBMISSION`] steps may be recorded before the encoder is submitted.
+    /// On an `Err` the step is not counted, and what was recorded (if anything) makes the
+    /// encoder fail at submission, so it never runs.
     pub fn record_step_with_lr(
         &mut self,
         gpu: &Gpu,
@@ -285,13 +203,18 @@ impl GpuOptimizer {
         timestamps: wgpu::ComputePassTimestampWrites<'_>,
     ) -> Result<()> {
         if !gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
-            return Err(Error::Unsupported {
-                optimizer: self.config.name(),
-                message: "timed steps need the TIMESTAMP_QUERY feature, which this device lacks"
+            return Err(Error::InvalidSetting {
+                what: "timed step".into(),
+                message: "timestamps need the TIMESTAMP_QUERY feature, which this device lacks"
                     .into(),
             });
         }
         self.record(gpu, encoder, lr, Some(timestamps))
+    }
+
+    /// Fails unless `lr` is a learning rate this optimizer accepts.
+    pub(crate) fn check_lr(&self, lr: f64) -> Result<()> {
+        crate::optim::non_negative(self.config.name(), "lr", lr)
     }
 
     fn record(
@@ -301,23 +224,36 @@ impl GpuOptimizer {
         lr: f64,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
-        crate::optim::non_negative(self.config.name(), "lr", lr)?;
+        self.check_lr(lr)?;
         let step = self.step + 1;
-        let scalars: UniformBlock = self.config.rule().uniform(step, lr);
-        let slot_offset = (step % STEPS_PER_SUBMISSION) * self.uniform_stride;
+        let scalars = self.config.uniform(step, lr);
         gpu.scoped("recording an optimizer step", || {
-            gpu.queue()
-                .write_buffer(&self.uniform, slot_offset, scalars.as_bytes());
+            // The scalars travel in the encoder, ahead of the pass that reads them: a queue
+            // write would land before the whole submission and be overwritten by the next
+            // step recorded into it.
+            let source = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fusedopt/step scalars"),
+                size: self.uniform.size(),
+                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: true,
+            });
+            source
+                .get_mapped_range_mut(..)
+                .map_err(|e| Error::Mapping {
+                    what: "a step's scalars".into(),
+                    source: Box::new(e),
+                })?
+                .copy_from_slice(scalars.as_bytes());
+            source.unmap();
+            encoder.copy_buffer_to_buffer(&source, 0, &self.uniform, 0, self.uniform.size());
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(self.config.name()),
                 timestamp_writes,
             });
             pass.set_pipeline(&self.kernel.pipeline);
-            for chunk in &self.chunks {
-                pass.set_bind_group(0, &chunk.bind_group, &[slot_offset as u32]);
-                pass.dispatch_workgroups(chunk.groups.0, chunk.groups.1, 1);
-            }
-        })?;
+            self.dispatches.record(&mut pass);
+            Ok(())
+        })??;
         self.step = step;
         Ok(())
     }
@@ -327,8 +263,9 @@ impl GpuOptimizer {
         self.step_with_lr(gpu, self.config.lr())
     }
 
-    /// Takes one step at learning rate `lr` and waits for it. If it fails, the step count is
-    /// left as it was.
+    /// Takes one step at learning rate `lr` and waits for it. A step that could not be
+    /// submitted is not counted; one that was submitted is, even if the wait then fails (a
+    /// timeout), since the GPU runs it anyway.
     pub fn step_with_lr(&mut self, gpu: &Gpu, lr: f64) -> Result<()> {
         let before = self.step;
         let mut encoder = gpu
@@ -337,8 +274,15 @@ impl GpuOptimizer {
                 label: Some("fusedopt/step"),
             });
         self.record_step_with_lr(gpu, &mut encoder, lr)?;
-        gpu.submit_and_wait("running an optimizer step", encoder)
-            .inspect_err(|_| self.step = before)
+        let submission = gpu
+            .submit("running an optimizer step", encoder)
+            .inspect_err(|_| self.step = before)?;
+        gpu.wait(submission)
+    }
+
+    /// Sets the step count back, for a caller that knows the steps since did not run.
+    pub(crate) fn rewind(&mut self, step: u64) {
+        self.step = step;
     }
 
     /// Reads the parameters back (all pieces, in order).
@@ -366,52 +310,6 @@ impl GpuOptimizer {
     }
 }
 
-fn elements(buffer: &wgpu::Buffer, offset: u64, len: u64) -> wgpu::BufferBinding<'_> {
-    wgpu::BufferBinding {
-        buffer,
-        offset: offset * 4,
-        size: NonZeroU64::new(len * 4),
-    }
-}
-
-fn entry(binding: u32, buffer: wgpu::BufferBinding<'_>) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry {
-        binding,
-        resource: wgpu::BindingResource::Buffer(buffer),
-    }
-}
-
-/// A range must be non-empty, inside its buffer, aligned, and have the usage the kernel needs.
-fn check_range(
-    gpu: &Gpu,
-    what: &str,
-    range: &BufferRange<'_>,
-    usage: wgpu::BufferUsages,
-) -> Result<()> {
-    let invalid = |message: String| Error::InvalidBuffer {
-        what: what.to_string(),
-        message,
-    };
-    if range.len == 0 {
-        return Err(invalid("a tensor needs at least one element".into()));
-    }
-    if !range.buffer.usage().contains(usage) {
-        return Err(invalid(format!("the buffer lacks {usage:?} usage")));
-    }
-    let capacity = range.buffer.size() / 4;
-    if range.offset.saturating_add(range.len as u64) > capacity {
-        return Err(invalid(format!(
-            "elements {}..{} lie outside a buffer of {capacity} elements",
-            range.offset,
-            range.offset.saturating_add(range.len as u64)
-        )));
-    }
-    let align = u64::from(gpu.limits().storage_offset_alignment);
-    if !(range.offset * 4).is_multiple_of(align) {
-        return Err(invalid(format!(
-            "offset {} bytes is not a multiple of the storage offset alignment {align}",
-            range.offset * 4
-        )));
-    }
-    Ok(())
+fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry { binding, resource }
 }

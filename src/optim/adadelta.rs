@@ -1,10 +1,9 @@
 //! Adadelta: step sizes from running averages of squared gradients and squared updates.
 
 use super::{
-    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative,
-    require,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    non_negative, require, uniform_layout,
 };
-use crate::kernels::Shader;
 use crate::{Error, Result};
 
 /// `torch.optim.Adadelta` (PyTorch defaults), [Zeiler 2012](https://arxiv.org/abs/1212.5701).
@@ -89,8 +88,35 @@ impl Adadelta {
             _pad: [0.0; 3],
         }
     }
+}
 
-    pub(super) fn read(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+static KERNEL: KernelSpec = KernelSpec {
+    name: "adadelta",
+    source: include_str!("../../shaders/adadelta.wgsl"),
+    uniform: uniform_layout!(AdadeltaScalars {
+        lr,
+        rho,
+        one_minus_rho,
+        eps,
+        weight_decay
+    }),
+    state: &["square_avg", "acc_delta"],
+};
+
+impl Rule for Adadelta {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        Adadelta::validate(self)
+    }
+
+    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.number("rho", &mut self.rho)?;
         h.number("eps", &mut self.eps)?;
@@ -110,7 +136,7 @@ impl Adadelta {
         Ok(())
     }
 
-    pub(super) fn describe(&self) -> String {
+    fn describe(&self) -> String {
         let d = Self::default();
         describe_fields(
             &[
@@ -120,16 +146,13 @@ impl Adadelta {
             &[("maximize", self.maximize)],
         )
     }
-}
 
-impl UpdateRule for Adadelta {
-    fn shader(&self) -> Shader {
-        Shader::Adadelta
+    fn kernel(&self) -> &'static KernelSpec {
+        &KERNEL
     }
 
-    fn state_slots(&self) -> Vec<Option<StateSlot>> {
-        let zero = |name| Some(StateSlot { name, init: 0.0 });
-        vec![zero("square_avg"), zero("acc_delta")]
+    fn state_init(&self) -> Vec<Option<f32>> {
+        vec![Some(0.0), Some(0.0)]
     }
 
     fn overrides(&self) -> Vec<(&'static str, f64)> {
@@ -138,5 +161,25 @@ impl UpdateRule for Adadelta {
 
     fn uniform(&self, step: u64, lr: f64) -> UniformBlock {
         UniformBlock::of(&self.scalars(step, lr))
+    }
+
+    fn variants(&self) -> Vec<Optimizer> {
+        [0.0, 1e-2]
+            .into_iter()
+            .flat_map(|weight_decay| {
+                [false, true].map(|maximize| {
+                    Adadelta {
+                        weight_decay,
+                        maximize,
+                        ..Adadelta::default()
+                    }
+                    .into()
+                })
+            })
+            .collect()
+    }
+
+    fn state_variants(&self) -> Vec<(&'static str, Optimizer)> {
+        Vec::new()
     }
 }

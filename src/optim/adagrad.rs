@@ -1,10 +1,10 @@
 //! Adagrad: per-coordinate step sizes from the running sum of squared gradients.
 
 use super::{
-    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    non_negative, pairs, uniform_layout,
 };
 use crate::Result;
-use crate::kernels::Shader;
 
 /// `torch.optim.Adagrad` (PyTorch defaults), [Duchi et al. 2011](https://jmlr.org/papers/v12/duchi11a.html):
 ///
@@ -86,8 +86,33 @@ impl Adagrad {
             _pad: 0.0,
         }
     }
+}
 
-    pub(super) fn read(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+static KERNEL: KernelSpec = KernelSpec {
+    name: "adagrad",
+    source: include_str!("../../shaders/adagrad.wgsl"),
+    uniform: uniform_layout!(AdagradScalars {
+        clr,
+        eps,
+        weight_decay
+    }),
+    state: &["state_sum"],
+};
+
+impl Rule for Adagrad {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        Adagrad::validate(self)
+    }
+
+    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.number("lr_decay", &mut self.lr_decay)?;
         h.number("weight_decay", &mut self.weight_decay)?;
@@ -100,7 +125,7 @@ impl Adagrad {
         h.boolean("maximize", &mut self.maximize)
     }
 
-    pub(super) fn describe(&self) -> String {
+    fn describe(&self) -> String {
         let d = Self::default();
         describe_fields(
             &[
@@ -118,18 +143,13 @@ impl Adagrad {
             ],
         )
     }
-}
 
-impl UpdateRule for Adagrad {
-    fn shader(&self) -> Shader {
-        Shader::Adagrad
+    fn kernel(&self) -> &'static KernelSpec {
+        &KERNEL
     }
 
-    fn state_slots(&self) -> Vec<Option<StateSlot>> {
-        vec![Some(StateSlot {
-            name: "state_sum",
-            init: self.initial_accumulator_value as f32,
-        })]
+    fn state_init(&self) -> Vec<Option<f32>> {
+        vec![Some(self.initial_accumulator_value as f32)]
     }
 
     fn overrides(&self) -> Vec<(&'static str, f64)> {
@@ -141,5 +161,29 @@ impl UpdateRule for Adagrad {
 
     fn uniform(&self, step: u64, lr: f64) -> UniformBlock {
         UniformBlock::of(&self.scalars(step, lr))
+    }
+
+    fn variants(&self) -> Vec<Optimizer> {
+        let bools = [false, true];
+        let mut out = Vec::new();
+        for (lr_decay, initial_accumulator_value) in pairs([0.0, 1e-2], [0.0, 0.1]) {
+            for (eps_in_sqrt, (weight_decay, maximize)) in pairs(bools, pairs([0.0, 1e-2], bools)) {
+                let c = Adagrad {
+                    lr: 1e-1,
+                    lr_decay,
+                    initial_accumulator_value,
+                    eps_in_sqrt,
+                    weight_decay,
+                    maximize,
+                    ..Adagrad::default()
+                };
+                out.push(c.into());
+            }
+        }
+        out
+    }
+
+    fn state_variants(&self) -> Vec<(&'static str, Optimizer)> {
+        Vec::new()
     }
 }

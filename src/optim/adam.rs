@@ -1,11 +1,10 @@
 //! Adam, with AMSGrad and with coupled (L2) or decoupled (AdamW) weight decay.
 
 use super::{
-    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader,
-    in_unit_interval, non_negative,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    in_unit_interval, non_negative, pairs, uniform_layout,
 };
 use crate::Result;
-use crate::kernels::Shader;
 
 /// `torch.optim.Adam` (PyTorch defaults), [Kingma & Ba 2015](https://arxiv.org/abs/1412.6980);
 /// with `decoupled_weight_decay` it is `torch.optim.AdamW` ([`Adam::adamw`]). At step t:
@@ -130,8 +129,40 @@ impl Adam {
             _pad: [0.0; 2],
         }
     }
+}
 
-    pub(super) fn read(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+static KERNEL: KernelSpec = KernelSpec {
+    name: "adam",
+    source: include_str!("../../shaders/adam.wgsl"),
+    uniform: uniform_layout!(AdamScalars {
+        decay_factor,
+        weight_decay,
+        one_minus_beta1,
+        lerp_complement,
+        beta2,
+        one_minus_beta2,
+        step_size,
+        bias_correction2_sqrt,
+        bias_correction2,
+        eps
+    }),
+    state: &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+};
+
+impl Rule for Adam {
+    fn name(&self) -> &'static str {
+        Adam::name(self)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        Adam::validate(self)
+    }
+
+    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.pair("betas", &mut self.betas)?;
         h.number("eps", &mut self.eps)?;
@@ -145,7 +176,7 @@ impl Adam {
         h.boolean("maximize", &mut self.maximize)
     }
 
-    pub(super) fn describe(&self) -> String {
+    fn describe(&self) -> String {
         let d = if self.decoupled_weight_decay {
             Self::adamw()
         } else {
@@ -164,20 +195,13 @@ impl Adam {
             ],
         )
     }
-}
 
-impl UpdateRule for Adam {
-    fn shader(&self) -> Shader {
-        Shader::Adam
+    fn kernel(&self) -> &'static KernelSpec {
+        &KERNEL
     }
 
-    fn state_slots(&self) -> Vec<Option<StateSlot>> {
-        let zero = |name| StateSlot { name, init: 0.0 };
-        vec![
-            Some(zero("exp_avg")),
-            Some(zero("exp_avg_sq")),
-            self.amsgrad.then(|| zero("max_exp_avg_sq")),
-        ]
+    fn state_init(&self) -> Vec<Option<f32>> {
+        vec![Some(0.0), Some(0.0), self.amsgrad.then_some(0.0)]
     }
 
     fn overrides(&self) -> Vec<(&'static str, f64)> {
@@ -190,5 +214,33 @@ impl UpdateRule for Adam {
 
     fn uniform(&self, step: u64, lr: f64) -> UniformBlock {
         UniformBlock::of(&self.scalars(step, lr))
+    }
+
+    fn variants(&self) -> Vec<Optimizer> {
+        let bools = [false, true];
+        let mut out = Vec::new();
+        for (amsgrad, eps_in_sqrt) in pairs(bools, bools) {
+            for (weight_decay, maximize) in pairs([0.0, 1e-2], bools) {
+                let c = Adam {
+                    lr: 1e-2,
+                    betas: (0.8, 0.99),
+                    amsgrad,
+                    eps_in_sqrt,
+                    weight_decay,
+                    maximize,
+                    ..self.clone()
+                };
+                out.push(c.into());
+            }
+        }
+        out
+    }
+
+    fn state_variants(&self) -> Vec<(&'static str, Optimizer)> {
+        let amsgrad = Adam {
+            amsgrad: true,
+            ..self.clone()
+        };
+        vec![("amsgrad", amsgrad.into())]
     }
 }

@@ -1,6 +1,10 @@
-//! Optimizer configurations: PyTorch's names, defaults and argument checks, and the per-step
-//! scalars each kernel reads. One file per optimizer; the update rules themselves live in
-//! `shaders/*.wgsl` and, mirrored line for line, in [`crate::reference`].
+//! Optimizer configurations: PyTorch's names, defaults and argument checks, the per-step
+//! scalars each kernel reads, and the description of each kernel. One file per optimizer; the
+//! update rules themselves live in `shaders/*.wgsl` and, mirrored line for line, in
+//! `crate::reference`. No GPU code here.
+//!
+//! Adding an optimizer: its file here (configuration, scalars, [`KernelSpec`], the `Rule`
+//! implementation), its shader, its CPU mirror, and one line in the registry below.
 
 mod adadelta;
 mod adagrad;
@@ -8,31 +12,87 @@ mod adam;
 mod adamw;
 mod hyper;
 mod rmsprop;
+mod rule;
 mod sgd;
 
 pub use adadelta::{Adadelta, AdadeltaScalars};
 pub use adagrad::{Adagrad, AdagradScalars};
 pub use adam::{Adam, AdamScalars};
 pub use rmsprop::{Rmsprop, RmspropScalars};
+pub use rule::{KernelSpec, UniformLayout};
 pub use sgd::{Sgd, SgdScalars};
 
-use crate::kernels::Shader;
+pub(crate) use rule::{Block, MAX_STATE, Mirror, UniformBlock, Visit};
+use rule::{Rule, pairs, uniform_layout};
+
 use crate::{Error, Result};
 
-/// One optimizer with its hyperparameters. AdamW is [`Adam`] with decoupled weight decay
-/// (see [`Adam::adamw`]), as in PyTorch.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Optimizer {
+/// Declares the optimizers: one line each, with the PyTorch names it answers to and the
+/// defaults of each. It makes [`Optimizer`] and its conversions, and the only two places that
+/// match on it: `rule` (what every optimizer offers) and `visit` (code generic over the type).
+macro_rules! registry {
+    ($($(#[$doc:meta])* $kind:ident: $($name:literal => $preset:expr),+;)+) => {
+        /// One optimizer with its hyperparameters. AdamW is [`Adam`] with decoupled weight
+        /// decay (see [`Adam::adamw`]), as in PyTorch. More optimizers will come: a `match`
+        /// outside this crate needs an arm for the others.
+        #[derive(Clone, Debug, PartialEq)]
+        #[non_exhaustive]
+        pub enum Optimizer {
+            $($(#[$doc])* $kind($kind),)+
+        }
+
+        $(impl From<$kind> for Optimizer {
+            fn from(config: $kind) -> Self {
+                Self::$kind(config)
+            }
+        })+
+
+        impl Optimizer {
+            /// Every name [`Optimizer::default_for`], [`Optimizer::from_torch`] and the command
+            /// line accept, in registry order.
+            pub const NAMES: [&'static str; [$($($name),+),+].len()] = [$($($name),+),+];
+
+            /// PyTorch's defaults of the optimizer called `name` (lower case).
+            fn preset(name: &str) -> Option<Self> {
+                match name {
+                    $($($name => Some(Self::$kind($preset)),)+)+
+                    _ => None,
+                }
+            }
+
+            fn rule(&self) -> &dyn Rule {
+                match self {
+                    $(Self::$kind(config) => config,)+
+                }
+            }
+
+            fn rule_mut(&mut self) -> &mut dyn Rule {
+                match self {
+                    $(Self::$kind(config) => config,)+
+                }
+            }
+
+            /// Runs `visitor` on the configuration inside, as its own type.
+            pub(crate) fn visit<V: Visit>(&self, visitor: V) -> V::Output {
+                match self {
+                    $(Self::$kind(config) => visitor.visit(config),)+
+                }
+            }
+        }
+    };
+}
+
+registry! {
     /// `torch.optim.SGD`
-    Sgd(Sgd),
+    Sgd: "sgd" => Sgd::default();
     /// `torch.optim.Adagrad`
-    Adagrad(Adagrad),
+    Adagrad: "adagrad" => Adagrad::default();
     /// `torch.optim.RMSprop`
-    Rmsprop(Rmsprop),
+    Rmsprop: "rmsprop" => Rmsprop::default();
     /// `torch.optim.Adadelta`
-    Adadelta(Adadelta),
+    Adadelta: "adadelta" => Adadelta::default();
     /// `torch.optim.Adam`, `torch.optim.AdamW`
-    Adam(Adam),
+    Adam: "adam" => Adam::default(), "adamw" => Adam::adamw();
 }
 
 /// One state tensor of an optimizer: PyTorch's state name (also the WGSL binding's name) and
@@ -45,67 +105,15 @@ pub struct StateSlot {
     pub init: f32,
 }
 
-/// What the GPU host layer needs from each optimizer configuration.
-pub(crate) trait UpdateRule {
-    /// The shader that runs this optimizer.
-    fn shader(&self) -> Shader;
-    /// One entry per state binding of the shader, in binding order; `None` where this
-    /// configuration does not use the binding (nothing is allocated for it).
-    fn state_slots(&self) -> Vec<Option<StateSlot>>;
-    /// Values of the shader's `override` constants, fixed when the pipeline is built.
-    fn overrides(&self) -> Vec<(&'static str, f64)>;
-    /// The uniform block for step `step` (1-based) at learning rate `lr`.
-    fn uniform(&self, step: u64, lr: f64) -> UniformBlock;
-}
-
-/// The bytes of one step's uniform struct, without a heap allocation on the step path.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct UniformBlock {
-    bytes: [u8; Self::CAPACITY],
-    len: usize,
-}
-
-impl UniformBlock {
-    /// Largest uniform struct of any kernel, in bytes.
-    pub(crate) const CAPACITY: usize = 64;
-
-    pub(crate) fn of<T: bytemuck::Pod>(value: &T) -> Self {
-        let src = bytemuck::bytes_of(value);
-        let mut bytes = [0; Self::CAPACITY];
-        bytes[..src.len()].copy_from_slice(src);
-        Self {
-            bytes,
-            len: src.len(),
-        }
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
 impl Optimizer {
-    /// All optimizer names accepted by [`Optimizer::from_torch`] and the CLI.
-    pub const NAMES: [&'static str; 6] = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw"];
-
     /// PyTorch's defaults for the optimizer called `name` (`adamw` gives decoupled Adam).
     pub fn default_for(name: &str) -> Result<Self> {
-        Ok(match name.to_ascii_lowercase().as_str() {
-            "sgd" => Self::Sgd(Sgd::default()),
-            "adagrad" => Self::Adagrad(Adagrad::default()),
-            "rmsprop" => Self::Rmsprop(Rmsprop::default()),
-            "adadelta" => Self::Adadelta(Adadelta::default()),
-            "adam" => Self::Adam(Adam::default()),
-            "adamw" => Self::Adam(Adam::adamw()),
-            _ => {
-                return Err(Error::Unsupported {
-                    optimizer: "fusedopt",
-                    message: format!(
-                        "unknown optimizer {name:?}; known: {}",
-                        Self::NAMES.join(", ")
-                    ),
-                });
-            }
+        Self::preset(&name.to_ascii_lowercase()).ok_or_else(|| Error::Unsupported {
+            optimizer: "fusedopt",
+            message: format!(
+                "unknown optimizer {name:?}; known: {}",
+                Self::NAMES.join(", ")
+            ),
         })
     }
 
@@ -115,13 +123,7 @@ impl Optimizer {
     pub fn from_torch(name: &str, hyper: &serde_json::Value) -> Result<Self> {
         let mut opt = Self::default_for(name)?;
         let mut reader = hyper::HyperReader::new(opt.name(), hyper)?;
-        match &mut opt {
-            Self::Sgd(c) => c.read(&mut reader)?,
-            Self::Adagrad(c) => c.read(&mut reader)?,
-            Self::Rmsprop(c) => c.read(&mut reader)?,
-            Self::Adadelta(c) => c.read(&mut reader)?,
-            Self::Adam(c) => c.read(&mut reader)?,
-        }
+        opt.rule_mut().read_torch(&mut reader)?;
         reader.finish()?;
         opt.validate()?;
         Ok(opt)
@@ -129,42 +131,37 @@ impl Optimizer {
 
     /// PyTorch's lower-case class name (`adamw` for decoupled Adam).
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Sgd(_) => "sgd",
-            Self::Adagrad(_) => "adagrad",
-            Self::Rmsprop(_) => "rmsprop",
-            Self::Adadelta(_) => "adadelta",
-            Self::Adam(c) if c.decoupled_weight_decay => "adamw",
-            Self::Adam(_) => "adam",
-        }
+        self.rule().name()
     }
 
     /// The configured learning rate (the one used when a step is given none).
     pub fn lr(&self) -> f64 {
-        match self {
-            Self::Sgd(c) => c.lr,
-            Self::Adagrad(c) => c.lr,
-            Self::Rmsprop(c) => c.lr,
-            Self::Adadelta(c) => c.lr,
-            Self::Adam(c) => c.lr,
-        }
+        self.rule().lr()
     }
 
     /// Rejects the values PyTorch rejects, naming the parameter and the value.
     pub fn validate(&self) -> Result<()> {
-        match self {
-            Self::Sgd(c) => c.validate(),
-            Self::Adagrad(c) => c.validate(),
-            Self::Rmsprop(c) => c.validate(),
-            Self::Adadelta(c) => c.validate(),
-            Self::Adam(c) => c.validate(),
-        }
+        self.rule().validate()
+    }
+
+    /// A short description of the options that matter, for tables (`momentum=0.9,nesterov`).
+    pub fn describe(&self) -> String {
+        self.rule().describe()
+    }
+
+    /// The kernel that runs this optimizer.
+    pub fn kernel(&self) -> &'static KernelSpec {
+        self.rule().kernel()
+    }
+
+    /// Values of the kernel's `override` constants for this configuration.
+    pub fn overrides(&self) -> Vec<(&'static str, f64)> {
+        self.rule().overrides()
     }
 
     /// Names of the state tensors this configuration keeps, in binding order.
     pub fn state_names(&self) -> Vec<&'static str> {
-        self.rule()
-            .state_slots()
+        self.state_slots()
             .into_iter()
             .flatten()
             .map(|s| s.name)
@@ -177,43 +174,44 @@ impl Optimizer {
         12 + 8 * self.state_names().len()
     }
 
-    /// A short description of the options that matter, for tables (`momentum=0.9,nesterov`).
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Sgd(c) => c.describe(),
-            Self::Adagrad(c) => c.describe(),
-            Self::Rmsprop(c) => c.describe(),
-            Self::Adadelta(c) => c.describe(),
-            Self::Adam(c) => c.describe(),
-        }
+    /// Each option that changes the state this configuration keeps (and so the bytes a step
+    /// moves), applied to it, with a short name (`momentum`, `centered`, `amsgrad`...).
+    pub fn state_variants(&self) -> Vec<(&'static str, Optimizer)> {
+        self.rule().state_variants()
     }
 
-    /// The shader that runs this optimizer.
-    pub fn shader(&self) -> Shader {
-        self.rule().shader()
+    /// One entry per state binding of the kernel, in binding order; `None` where this
+    /// configuration does not use the binding (nothing is allocated for it).
+    pub(crate) fn state_slots(&self) -> Vec<Option<StateSlot>> {
+        let names = self.kernel().state;
+        let init = self.rule().state_init();
+        debug_assert_eq!(
+            init.len(),
+            names.len(),
+            "one initial value per state binding"
+        );
+        names
+            .iter()
+            .zip(init)
+            .map(|(&name, init)| init.map(|init| StateSlot { name, init }))
+            .collect()
     }
 
-    pub(crate) fn rule(&self) -> &dyn UpdateRule {
-        match self {
-            Self::Sgd(c) => c,
-            Self::Adagrad(c) => c,
-            Self::Rmsprop(c) => c,
-            Self::Adadelta(c) => c,
-            Self::Adam(c) => c,
-        }
+    /// The uniform block of step `step` (1-based) at learning rate `lr`.
+    pub(crate) fn uniform(&self, step: u64, lr: f64) -> UniformBlock {
+        self.rule().uniform(step, lr)
+    }
+
+    /// Option sets around this configuration that change the arithmetic (see
+    /// `crate::testing::variants`).
+    #[cfg_attr(
+        not(feature = "testing"),
+        expect(dead_code, reason = "used by tests and tools")
+    )]
+    pub(crate) fn variants(&self) -> Vec<Optimizer> {
+        self.rule().variants()
     }
 }
-
-macro_rules! impl_from_config {
-    ($($config:ident => $variant:ident),*) => {
-        $(impl From<$config> for Optimizer {
-            fn from(c: $config) -> Self {
-                Self::$variant(c)
-            }
-        })*
-    };
-}
-impl_from_config!(Sgd => Sgd, Adagrad => Adagrad, Rmsprop => Rmsprop, Adadelta => Adadelta, Adam => Adam);
 
 /// `value` must satisfy `ok`; the check is written so that NaN fails, as in PyTorch.
 pub(crate) fn require(
@@ -277,5 +275,36 @@ pub(crate) fn describe_fields(fields: &[(&str, f64, f64)], flags: &[(&str, bool)
         "defaults".to_string()
     } else {
         parts.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel's description agrees with its configurations: one initial value per state
+    /// binding for every option set, a uniform that fits the block, names unique.
+    #[test]
+    fn every_kernel_description_is_consistent() {
+        let mut kernels = Vec::new();
+        for name in Optimizer::NAMES {
+            let preset = Optimizer::default_for(name).unwrap();
+            assert_eq!(preset.name(), name, "a preset answers to its own name");
+            for config in preset.variants() {
+                let spec = config.kernel();
+                assert_eq!(config.rule().state_init().len(), spec.state.len(), "{name}");
+                assert!(spec.state.len() <= MAX_STATE, "{name}: at most {MAX_STATE}");
+                assert!(spec.uniform.size <= UniformBlock::CAPACITY, "{name}");
+                assert_eq!(config.uniform(1, 0.1).as_bytes().len(), spec.uniform.size);
+                config.validate().unwrap();
+                if !kernels.iter().any(|k: &&KernelSpec| std::ptr::eq(*k, spec)) {
+                    kernels.push(spec);
+                }
+            }
+        }
+        let mut names: Vec<&str> = kernels.iter().map(|k| k.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), kernels.len(), "kernel names are unique");
     }
 }

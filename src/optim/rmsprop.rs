@@ -1,10 +1,10 @@
 //! RMSprop: plain, centered, and with momentum.
 
 use super::{
-    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    non_negative, pairs, uniform_layout,
 };
 use crate::Result;
-use crate::kernels::Shader;
 
 /// `torch.optim.RMSprop` (PyTorch defaults), Hinton's lecture 6e:
 ///
@@ -104,8 +104,37 @@ impl Rmsprop {
     pub fn has_momentum(&self) -> bool {
         self.momentum > 0.0
     }
+}
 
-    pub(super) fn read(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+static KERNEL: KernelSpec = KernelSpec {
+    name: "rmsprop",
+    source: include_str!("../../shaders/rmsprop.wgsl"),
+    uniform: uniform_layout!(RmspropScalars {
+        lr,
+        alpha,
+        one_minus_alpha,
+        lerp_complement,
+        eps,
+        weight_decay,
+        momentum
+    }),
+    state: &["square_avg", "grad_avg", "momentum_buffer"],
+};
+
+impl Rule for Rmsprop {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        Rmsprop::validate(self)
+    }
+
+    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.number("alpha", &mut self.alpha)?;
         h.number("eps", &mut self.eps)?;
@@ -116,7 +145,7 @@ impl Rmsprop {
         h.boolean("maximize", &mut self.maximize)
     }
 
-    pub(super) fn describe(&self) -> String {
+    fn describe(&self) -> String {
         let d = Self::default();
         describe_fields(
             &[
@@ -131,19 +160,16 @@ impl Rmsprop {
             ],
         )
     }
-}
 
-impl UpdateRule for Rmsprop {
-    fn shader(&self) -> Shader {
-        Shader::Rmsprop
+    fn kernel(&self) -> &'static KernelSpec {
+        &KERNEL
     }
 
-    fn state_slots(&self) -> Vec<Option<StateSlot>> {
-        let zero = |name| StateSlot { name, init: 0.0 };
+    fn state_init(&self) -> Vec<Option<f32>> {
         vec![
-            Some(zero("square_avg")),
-            self.centered.then(|| zero("grad_avg")),
-            self.has_momentum().then(|| zero("momentum_buffer")),
+            Some(0.0),
+            self.centered.then_some(0.0),
+            self.has_momentum().then_some(0.0),
         ]
     }
 
@@ -158,5 +184,41 @@ impl UpdateRule for Rmsprop {
 
     fn uniform(&self, step: u64, lr: f64) -> UniformBlock {
         UniformBlock::of(&self.scalars(step, lr))
+    }
+
+    fn variants(&self) -> Vec<Optimizer> {
+        let bools = [false, true];
+        let mut out = Vec::new();
+        for (centered, momentum) in pairs(bools, [0.0, 0.9]) {
+            for (eps_in_sqrt, (weight_decay, maximize)) in pairs(bools, pairs([0.0, 1e-2], bools)) {
+                let c = Rmsprop {
+                    alpha: 0.9,
+                    centered,
+                    momentum,
+                    eps_in_sqrt,
+                    weight_decay,
+                    maximize,
+                    ..Rmsprop::default()
+                };
+                out.push(c.into());
+            }
+        }
+        out
+    }
+
+    fn state_variants(&self) -> Vec<(&'static str, Optimizer)> {
+        let with = |centered, momentum| {
+            Rmsprop {
+                centered,
+                momentum,
+                ..self.clone()
+            }
+            .into()
+        };
+        vec![
+            ("centered", with(true, self.momentum)),
+            ("momentum", with(self.centered, 0.9)),
+            ("centered+momentum", with(true, 0.9)),
+        ]
     }
 }

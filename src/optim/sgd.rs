@@ -1,9 +1,9 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov momentum.
 
 use super::{
-    StateSlot, UniformBlock, UpdateRule, describe_fields, flag, hyper::HyperReader, non_negative,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    non_negative, pairs, uniform_layout,
 };
-use crate::kernels::Shader;
 use crate::{Error, Result};
 
 /// `torch.optim.SGD` (PyTorch defaults). With `g` the gradient (negated under `maximize`):
@@ -98,8 +98,35 @@ impl Sgd {
     pub fn has_momentum(&self) -> bool {
         self.momentum != 0.0
     }
+}
 
-    pub(super) fn read(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+static KERNEL: KernelSpec = KernelSpec {
+    name: "sgd",
+    source: include_str!("../../shaders/sgd.wgsl"),
+    uniform: uniform_layout!(SgdScalars {
+        lr,
+        weight_decay,
+        momentum,
+        one_minus_dampening,
+        first_step
+    }),
+    state: &["momentum_buffer"],
+};
+
+impl Rule for Sgd {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        Sgd::validate(self)
+    }
+
+    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.number("momentum", &mut self.momentum)?;
         h.number("dampening", &mut self.dampening)?;
@@ -108,7 +135,7 @@ impl Sgd {
         h.boolean("maximize", &mut self.maximize)
     }
 
-    pub(super) fn describe(&self) -> String {
+    fn describe(&self) -> String {
         let d = Self::default();
         describe_fields(
             &[
@@ -119,19 +146,13 @@ impl Sgd {
             &[("nesterov", self.nesterov), ("maximize", self.maximize)],
         )
     }
-}
 
-impl UpdateRule for Sgd {
-    fn shader(&self) -> Shader {
-        Shader::Sgd
+    fn kernel(&self) -> &'static KernelSpec {
+        &KERNEL
     }
 
-    fn state_slots(&self) -> Vec<Option<StateSlot>> {
-        let buffer = StateSlot {
-            name: "momentum_buffer",
-            init: 0.0,
-        };
-        vec![self.has_momentum().then_some(buffer)]
+    fn state_init(&self) -> Vec<Option<f32>> {
+        vec![self.has_momentum().then_some(0.0)]
     }
 
     fn overrides(&self) -> Vec<(&'static str, f64)> {
@@ -144,5 +165,36 @@ impl UpdateRule for Sgd {
 
     fn uniform(&self, step: u64, lr: f64) -> UniformBlock {
         UniformBlock::of(&self.scalars(step, lr))
+    }
+
+    fn variants(&self) -> Vec<Optimizer> {
+        let mut out = Vec::new();
+        for (momentum, dampening, nesterov) in [
+            (0.0, 0.0, false),
+            (0.9, 0.0, false),
+            (0.9, 0.1, false),
+            (0.9, 0.0, true),
+        ] {
+            for (weight_decay, maximize) in pairs([0.0, 1e-2], [false, true]) {
+                let c = Sgd {
+                    lr: 1e-2,
+                    momentum,
+                    dampening,
+                    nesterov,
+                    weight_decay,
+                    maximize,
+                };
+                out.push(c.into());
+            }
+        }
+        out
+    }
+
+    fn state_variants(&self) -> Vec<(&'static str, Optimizer)> {
+        let momentum = Sgd {
+            momentum: 0.9,
+            ..self.clone()
+        };
+        vec![("momentum", momentum.into())]
     }
 }

@@ -13,21 +13,15 @@ mod adagrad;
 mod adam;
 mod common;
 mod fast;
-
-pub use fast::TASK as FAST_TASK_ELEMENTS;
 mod rmsprop;
 mod sgd;
 
+pub use fast::TASK as FAST_TASK_ELEMENTS;
+
 use ndarray::{ArrayView1, ArrayViewMut1};
 
-use crate::optim::{
-    Adadelta, AdadeltaScalars, Adagrad, AdagradScalars, Adam, AdamScalars, Optimizer, Rmsprop,
-    RmspropScalars, Sgd, SgdScalars, StateSlot,
-};
+use crate::optim::{Block, MAX_STATE, Mirror, Optimizer, StateSlot, Visit};
 use crate::{Error, Result};
-
-/// Most state tensors any kernel binds (RMSprop and Adam: three).
-const MAX_STATE: usize = 3;
 
 /// Elements per inner loop. Unused state slots are bound to a spare block of this size, as the
 /// GPU binds placeholders, so that every loop runs over slices of one length and needs no
@@ -53,9 +47,9 @@ pub struct CpuOptimizer {
     len: usize,
     step: u64,
     execution: Execution,
-    /// The fast path's variant, when a test picks one instead of the widest.
+    /// The fast path's instruction set, when a test picks one instead of the widest.
     #[cfg(test)]
-    kernel: Option<fast::Kernel>,
+    isa: Option<fast::Isa>,
     /// One entry per state binding of the kernel; `None` where the configuration needs none.
     state: Vec<Option<(StateSlot, AlignedVec)>>,
 }
@@ -66,32 +60,36 @@ pub struct CpuOptimizer {
 struct CacheLine([f32; 16]);
 
 /// An f32 tensor that starts on a cache line, as PyTorch's CPU allocator aligns tensors, so that
-/// the fast path's vector loads and stores of state never straddle two lines.
+/// the fast path's vector loads and stores never straddle two lines.
 #[derive(Clone, Debug)]
-pub(crate) struct AlignedVec {
+pub struct AlignedVec {
     lines: Vec<CacheLine>,
     len: usize,
 }
 
 impl AlignedVec {
-    pub(crate) fn from_elem(len: usize, value: f32) -> Self {
+    /// `len` copies of `value`.
+    pub fn from_elem(len: usize, value: f32) -> Self {
         Self {
             lines: vec![CacheLine([value; 16]); len.div_ceil(16)],
             len,
         }
     }
 
-    pub(crate) fn from_slice(values: &[f32]) -> Self {
+    /// A copy of `values`.
+    pub fn from_slice(values: &[f32]) -> Self {
         let mut v = Self::from_elem(values.len(), 0.0);
         v.as_mut_slice().copy_from_slice(values);
         v
     }
 
-    pub(crate) fn as_slice(&self) -> &[f32] {
+    /// The elements.
+    pub fn as_slice(&self) -> &[f32] {
         &bytemuck::cast_slice(&self.lines)[..self.len]
     }
 
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+    /// The elements, mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
     }
 }
@@ -103,7 +101,6 @@ impl CpuOptimizer {
         let config = config.into();
         config.validate()?;
         let state = config
-            .rule()
             .state_slots()
             .into_iter()
             .map(|slot| slot.map(|s| (s, AlignedVec::from_elem(len, s.init))))
@@ -114,7 +111,7 @@ impl CpuOptimizer {
             step: 0,
             execution: Execution::Reference,
             #[cfg(test)]
-            kernel: None,
+            isa: None,
             state,
         })
     }
@@ -176,24 +173,44 @@ impl CpuOptimizer {
             }
         }
         crate::optim::non_negative(self.config.name(), "lr", lr)?;
-        let step = Step::new(&self.config, self.step + 1, lr);
         let grads = grads.as_standard_layout();
         let grads = grads.as_slice().expect("standard layout is contiguous");
-        let (state, execution) = (&mut self.state, self.execution);
+        let mut state: Vec<Option<&mut [f32]>> = self
+            .state
+            .iter_mut()
+            .map(|s| s.as_mut().map(|(_, a)| a.as_mut_slice()))
+            .collect();
+        state.resize_with(MAX_STATE, || None);
+        let state: [Option<&mut [f32]>; MAX_STATE] = state.try_into().expect("MAX_STATE slots");
         #[cfg(not(test))]
-        let kernel = None;
+        let isa = None;
         #[cfg(test)]
-        let kernel = self.kernel;
+        let isa = self.isa;
+        let (step, execution) = (self.step + 1, self.execution);
+        let run = |param: &mut [f32]| {
+            let tensors = Tensors {
+                param,
+                grad: grads,
+                state,
+            };
+            self.config.visit(Run {
+                step,
+                lr,
+                execution,
+                isa,
+                tensors,
+            });
+        };
         match params.as_slice_mut() {
-            Some(params) => run(execution, kernel, &step, params, grads, state),
+            Some(params) => run(params),
             // A strided view: step a contiguous copy and write it back.
             None => {
                 let mut copy = params.to_vec();
-                run(execution, kernel, &step, &mut copy, grads, state);
+                run(&mut copy);
                 params.assign(&ArrayView1::from(&copy));
             }
         }
-        self.step += 1;
+        self.step = step;
         Ok(())
     }
 
@@ -208,69 +225,45 @@ impl CpuOptimizer {
     }
 }
 
-/// Runs `step` over the whole tensors with the chosen driver (and, for the fast one, the
-/// given variant, else the widest the CPU runs).
-fn run(
+/// One step over whole tensors, handed to the configuration's own type by
+/// [`Optimizer::visit`], so that the drivers are compiled for each optimizer.
+struct Run<'a> {
+    step: u64,
+    lr: f64,
     execution: Execution,
-    kernel: Option<fast::Kernel>,
-    step: &Step<'_>,
-    params: &mut [f32],
-    grads: &[f32],
-    state: &mut [Option<(StateSlot, AlignedVec)>],
-) {
-    let mut state: Vec<Option<&mut [f32]>> = state
-        .iter_mut()
-        .map(|s| s.as_mut().map(|(_, a)| a.as_mut_slice()))
-        .collect();
-    state.resize_with(MAX_STATE, || None);
-    let tensors = Tensors {
-        param: params,
-        grad: grads,
-        state: state.try_into().expect("MAX_STATE slots"),
-    };
-    match execution {
-        Execution::Reference => tensors.step_blocks(step),
-        Execution::Fast => match kernel {
-            Some(kernel) => fast::step_with(kernel, step, tensors),
-            None => fast::step(step, tensors),
-        },
+    isa: Option<fast::Isa>,
+    tensors: Tensors<'a>,
+}
+
+impl Visit for Run<'_> {
+    type Output = ();
+
+    fn visit<R: Mirror>(self, config: &R) {
+        // The bytes the GPU's uniform receives, read as the kernel's struct.
+        let uniform = config.uniform(self.step, self.lr);
+        let step = Step {
+            config,
+            scalars: bytemuck::pod_read_unaligned(uniform.as_bytes()),
+        };
+        match self.execution {
+            Execution::Reference => self.tensors.step_blocks(&step),
+            Execution::Fast => fast::step(self.isa, &step, self.tensors),
+        }
     }
 }
 
 /// One step of one optimizer: its configuration and the scalars of this step.
-#[derive(Clone, Copy, Debug)]
-enum Step<'c> {
-    Sgd(&'c Sgd, SgdScalars),
-    Adagrad(&'c Adagrad, AdagradScalars),
-    Rmsprop(&'c Rmsprop, RmspropScalars),
-    Adadelta(&'c Adadelta, AdadeltaScalars),
-    Adam(&'c Adam, AdamScalars),
+struct Step<'c, R: Mirror> {
+    config: &'c R,
+    scalars: R::Scalars,
 }
 
-impl<'c> Step<'c> {
-    /// The scalars of step `t` (1-based) at learning rate `lr`, from the functions that fill the
-    /// GPU's uniforms.
-    fn new(config: &'c Optimizer, t: u64, lr: f64) -> Self {
-        match config {
-            Optimizer::Sgd(c) => Self::Sgd(c, c.scalars(t, lr)),
-            Optimizer::Adagrad(c) => Self::Adagrad(c, c.scalars(t, lr)),
-            Optimizer::Rmsprop(c) => Self::Rmsprop(c, c.scalars(t, lr)),
-            Optimizer::Adadelta(c) => Self::Adadelta(c, c.scalars(t, lr)),
-            Optimizer::Adam(c) => Self::Adam(c, c.scalars(t, lr)),
-        }
-    }
-
+impl<R: Mirror> Step<'_, R> {
     /// Updates one block. Inlined into each driver, so that the fast driver's copy is compiled
     /// with its target features.
     #[inline(always)]
     fn apply(&self, block: Block<'_>) {
-        match self {
-            Self::Sgd(c, hp) => sgd::step(c, hp, block),
-            Self::Adagrad(c, hp) => adagrad::step(c, hp, block),
-            Self::Rmsprop(c, hp) => rmsprop::step(c, hp, block),
-            Self::Adadelta(c, hp) => adadelta::step(c, hp, block),
-            Self::Adam(c, hp) => adam::step(c, hp, block),
-        }
+        self.config.update(&self.scalars, block);
     }
 }
 
@@ -317,7 +310,7 @@ impl<'a> Tensors<'a> {
     /// to spare zeros. Inlined all the way down (no closures), so that the fast driver's
     /// target-feature copies contain the loops themselves.
     #[inline(always)]
-    fn step_blocks(self, step: &Step<'_>) {
+    fn step_blocks<R: Mirror>(self, step: &Step<'_, R>) {
         let mut spare = [[0.0f32; BLOCK]; MAX_STATE];
         let mut rest = self;
         while rest.len() > 0 {
@@ -339,53 +332,29 @@ impl<'a> Tensors<'a> {
     }
 }
 
-/// At most [`BLOCK`] elements of parameters, gradients and every state slot, all the same
-/// length (slots the configuration does not use hold spare zeros the kernel never touches).
-struct Block<'a> {
-    param: &'a mut [f32],
-    grad: &'a [f32],
-    state: [&'a mut [f32]; MAX_STATE],
-}
-
-impl<'a> Block<'a> {
-    /// The pieces, each sliced to the parameters' length so the compiler can drop the bounds
-    /// checks in the loops and vectorize them.
-    #[inline(always)]
-    #[allow(clippy::type_complexity)]
-    fn parts(self) -> (&'a mut [f32], &'a [f32], [&'a mut [f32]; MAX_STATE]) {
-        let n = self.param.len();
-        let [s0, s1, s2] = self.state;
-        (
-            self.param,
-            &self.grad[..n],
-            [&mut s0[..n], &mut s1[..n], &mut s2[..n]],
-        )
-    }
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
-    use crate::validate::{RandomProblem, schedule, variants};
+    use crate::testing::{RandomProblem, schedule, variants};
 
     /// Every compiled variant of the fast path (AVX-512, AVX2, portable, as the CPU allows)
     /// gives the reference's bits for every option set; tests/cpu_fast.rs covers only the one
     /// the machine picks.
     #[test]
     fn every_vector_variant_matches_the_reference_bit_for_bit() {
-        let kernels = fast::runnable_kernels();
+        let isas = fast::Isa::runnable();
         for name in Optimizer::NAMES {
             for config in variants(name).unwrap() {
                 for len in [1, BLOCK + 3, 5 * BLOCK + 17] {
                     let mut problem = RandomProblem::new(len, 3);
                     let mut reference = CpuOptimizer::new(config.clone(), len).unwrap();
-                    let mut runs: Vec<(&str, CpuOptimizer, Vec<f32>)> = kernels
+                    let mut runs: Vec<(fast::Isa, CpuOptimizer, Vec<f32>)> = isas
                         .iter()
-                        .map(|&(isa, kernel)| {
+                        .map(|&isa| {
                             let mut opt = CpuOptimizer::new(config.clone(), len)
                                 .unwrap()
                                 .with_execution(Execution::Fast);
-                            opt.kernel = Some(kernel);
+                            opt.isa = Some(isa);
                             (isa, opt, problem.params.clone())
                         })
                         .collect();
@@ -406,7 +375,7 @@ mod tests {
                             a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
                         };
                         let what =
-                            format!("{} [{}] {isa} at {len}", config.name(), config.describe());
+                            format!("{} [{}] {isa:?} at {len}", config.name(), config.describe());
                         assert!(same(params, &expected), "{what}: params");
                         for ((n, a), (_, b)) in opt.state().iter().zip(reference.state()) {
                             let (a, b) = (a.as_slice().unwrap(), b.as_slice().unwrap());
@@ -416,6 +385,6 @@ mod tests {
                 }
             }
         }
-        assert!(!kernels.is_empty());
+        assert!(isas.contains(&fast::Isa::Portable));
     }
 }

@@ -1,45 +1,12 @@
-//! Shared test helpers: one device per test binary, and the GPU-test policy (fail loudly
-//! without an adapter unless explicitly skipped).
+//! Shared test helpers: the library's GPU-test policy (one device per test binary; fail
+//! loudly without an adapter unless explicitly skipped), sizes, comparison, configurations.
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-use std::sync::OnceLock;
+use fusedopt::{Adagrad, Adam, Optimizer, Rmsprop, Sgd};
 
-use fusedopt::{Adagrad, Adam, Gpu, Optimizer, Rmsprop, Sgd};
-
-/// Environment variable that turns a missing adapter from a failure into a skip.
-pub const SKIP_VAR: &str = "FUSEDOPT_SKIP_GPU_TESTS";
-
-/// The shared device, or `None` (with a SKIPPED line) when there is no adapter and the user
-/// opted out of GPU tests. Without the opt-out a missing adapter fails the test.
-pub fn gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Gpu::new().map_err(|e| e.to_string())) {
-        Ok(gpu) => Some(gpu),
-        Err(e) => no_adapter(e),
-    }
-}
-
-/// A fresh device, for tests that change its settings (chunk size).
-pub fn own_gpu() -> Option<Gpu> {
-    match Gpu::new() {
-        Ok(gpu) => Some(gpu),
-        Err(e) => no_adapter(&e.to_string()),
-    }
-}
-
-fn no_adapter<T>(error: &str) -> Option<T> {
-    if std::env::var_os(SKIP_VAR).is_some() {
-        eprintln!("TEST SKIPPED: no GPU adapter ({error}); {SKIP_VAR} is set");
-        return None;
-    }
-    panic!(
-        "no GPU adapter: {error}\n\
-         GPU tests need an adapter. Without a GPU install Mesa's software Vulkan driver \
-         (`apt-get install mesa-vulkan-drivers`) or run with WGPU_BACKEND=gl (llvmpipe). \
-         To skip GPU tests instead, set {SKIP_VAR}=1."
-    );
-}
+#[allow(unused_imports, reason = "each test binary uses a different subset")]
+pub use fusedopt::testing::{gpu, own_gpu};
 
 /// The sizes every kernel is checked at: single elements, around a workgroup (256), and a
 /// large prime.

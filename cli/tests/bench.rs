@@ -2,14 +2,12 @@
 //! timestamps agree with the wall clock around them, the report folder and the JSON schema are
 //! as documented, and bad options are errors.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use fusedopt::bench::{
+use fusedopt_cli::bench::{
     self, BenchOptions, Clock, GpuSteps, GpuTimer, Implementation, Sampling, cases,
 };
-use fusedopt::{Error, Result};
+use fusedopt_cli::{Error, Result};
 
 fn quick(names: &[&str], gpu: Option<&fusedopt::Gpu>) -> Result<BenchOptions> {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
@@ -28,7 +26,7 @@ fn quick(names: &[&str], gpu: Option<&fusedopt::Gpu>) -> Result<BenchOptions> {
 
 #[test]
 fn every_row_is_measured_with_both_clocks() -> Result<()> {
-    let Some(gpu) = common::gpu() else {
+    let Some(gpu) = fusedopt::testing::gpu() else {
         return Ok(());
     };
     for force_wall_clock in [false, true] {
@@ -79,7 +77,7 @@ fn every_row_is_measured_with_both_clocks() -> Result<()> {
 
 #[test]
 fn timestamps_fit_inside_the_wall_clock_around_them() -> Result<()> {
-    let Some(gpu) = common::gpu() else {
+    let Some(gpu) = fusedopt::testing::gpu() else {
         return Ok(());
     };
     if !gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
@@ -106,7 +104,7 @@ fn timestamps_fit_inside_the_wall_clock_around_them() -> Result<()> {
 
 #[test]
 fn the_report_folder_and_json_follow_the_documented_schema() -> Result<()> {
-    let Some(gpu) = common::gpu() else {
+    let Some(gpu) = fusedopt::testing::gpu() else {
         return Ok(());
     };
     let report = bench::run(Some(gpu), &quick(&["rmsprop"], Some(gpu))?, |_| {})?;
@@ -182,7 +180,7 @@ fn bad_options_are_errors() -> Result<()> {
 
 #[test]
 fn the_transformer_layout_is_measured_against_a_flat_tensor_of_its_size() -> Result<()> {
-    let Some(gpu) = common::gpu() else {
+    let Some(gpu) = fusedopt::testing::gpu() else {
         return Ok(());
     };
     let mut options = quick(&["adamw"], Some(gpu))?;

@@ -1,5 +1,8 @@
-//! GPU against CPU: every optimizer under every option combination, on seeded random data,
-//! comparing the parameters and all of the optimizer state after every step.
+//! What tests and tools share, behind the `testing` feature: the policy for GPU tests, the
+//! option sets every kernel is validated under, seeded random problems, the GPU-against-CPU
+//! run behind `fusedopt validate`, and model shapes. Not part of the library's API.
+
+use std::sync::OnceLock;
 
 use ndarray::{ArrayView1, ArrayViewMut1};
 use rand::rngs::StdRng;
@@ -9,110 +12,49 @@ use rand_distr::StandardNormal;
 use crate::Result;
 use crate::compare::{ErrorStats, Tolerance};
 use crate::gpu::{BufferSet, Gpu, GpuOptimizer};
-use crate::optim::{Adadelta, Adagrad, Adam, Optimizer, Rmsprop, Sgd};
+use crate::model::TensorSpec;
+use crate::optim::Optimizer;
 use crate::reference::{CpuOptimizer, Execution};
+
+/// Environment variable that turns a missing adapter from a failure into a skip.
+pub const SKIP_VAR: &str = "FUSEDOPT_SKIP_GPU_TESTS";
+
+/// The device shared by a test binary, or `None` (with a `TEST SKIPPED` line) when there is
+/// no adapter and [`SKIP_VAR`] is set. Without it a missing adapter fails the test: a GPU test
+/// never passes without a GPU.
+pub fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
+    match GPU.get_or_init(|| Gpu::new().map_err(|e| e.to_string())) {
+        Ok(gpu) => Some(gpu),
+        Err(e) => no_adapter(e),
+    }
+}
+
+/// A fresh device, for tests that change its settings, under the same policy as [`gpu`].
+pub fn own_gpu() -> Option<Gpu> {
+    match Gpu::new() {
+        Ok(gpu) => Some(gpu),
+        Err(e) => no_adapter(&e.to_string()),
+    }
+}
+
+fn no_adapter<T>(error: &str) -> Option<T> {
+    if std::env::var_os(SKIP_VAR).is_some() {
+        eprintln!("TEST SKIPPED: no GPU adapter ({error}); {SKIP_VAR} is set");
+        return None;
+    }
+    panic!(
+        "no GPU adapter: {error}\n\
+         GPU tests need an adapter. Without a GPU install Mesa's software Vulkan driver \
+         (`apt-get install mesa-vulkan-drivers`) or run with WGPU_BACKEND=gl (llvmpipe). \
+         To skip GPU tests instead, set {SKIP_VAR}=1."
+    );
+}
 
 /// Every option combination that changes the arithmetic, for the optimizer called `name`,
 /// with hyperparameters away from zero so that every term contributes.
 pub fn variants(name: &str) -> Result<Vec<Optimizer>> {
-    let bools = [false, true];
-    let mut out: Vec<Optimizer> = Vec::new();
-    match Optimizer::default_for(name)? {
-        Optimizer::Sgd(_) => {
-            for (momentum, dampening, nesterov) in [
-                (0.0, 0.0, false),
-                (0.9, 0.0, false),
-                (0.9, 0.1, false),
-                (0.9, 0.0, true),
-            ] {
-                for (weight_decay, maximize) in pairs([0.0, 1e-2], bools) {
-                    let c = Sgd {
-                        lr: 1e-2,
-                        momentum,
-                        dampening,
-                        nesterov,
-                        weight_decay,
-                        maximize,
-                    };
-                    out.push(c.into());
-                }
-            }
-        }
-        Optimizer::Adagrad(_) => {
-            for (lr_decay, initial_accumulator_value) in pairs([0.0, 1e-2], [0.0, 0.1]) {
-                for (eps_in_sqrt, (weight_decay, maximize)) in
-                    pairs(bools, pairs([0.0, 1e-2], bools))
-                {
-                    let c = Adagrad {
-                        lr: 1e-1,
-                        lr_decay,
-                        initial_accumulator_value,
-                        eps_in_sqrt,
-                        weight_decay,
-                        maximize,
-                        ..Adagrad::default()
-                    };
-                    out.push(c.into());
-                }
-            }
-        }
-        Optimizer::Rmsprop(_) => {
-            for (centered, momentum) in pairs(bools, [0.0, 0.9]) {
-                for (eps_in_sqrt, (weight_decay, maximize)) in
-                    pairs(bools, pairs([0.0, 1e-2], bools))
-                {
-                    let c = Rmsprop {
-                        alpha: 0.9,
-                        centered,
-                        momentum,
-                        eps_in_sqrt,
-                        weight_decay,
-                        maximize,
-                        ..Rmsprop::default()
-                    };
-                    out.push(c.into());
-                }
-            }
-        }
-        Optimizer::Adadelta(_) => {
-            for (weight_decay, maximize) in pairs([0.0, 1e-2], bools) {
-                out.push(
-                    Adadelta {
-                        weight_decay,
-                        maximize,
-                        ..Adadelta::default()
-                    }
-                    .into(),
-                );
-            }
-        }
-        Optimizer::Adam(base) => {
-            for (amsgrad, eps_in_sqrt) in pairs(bools, bools) {
-                for (weight_decay, maximize) in pairs([0.0, 1e-2], bools) {
-                    let c = Adam {
-                        lr: 1e-2,
-                        betas: (0.8, 0.99),
-                        amsgrad,
-                        eps_in_sqrt,
-                        weight_decay,
-                        maximize,
-                        ..base.clone()
-                    };
-                    out.push(c.into());
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn pairs<A: Copy, B: Copy>(
-    a: impl IntoIterator<Item = A>,
-    b: impl IntoIterator<Item = B> + Clone,
-) -> Vec<(A, B)> {
-    a.into_iter()
-        .flat_map(|x| b.clone().into_iter().map(move |y| (x, y)))
-        .collect()
+    Ok(Optimizer::default_for(name)?.variants())
 }
 
 /// Seeded test data: parameters ~ N(0, 1); gradients N(0, 1) scaled per coordinate over four
@@ -235,4 +177,58 @@ pub fn gpu_against_cpu(
         size,
         tensors,
     })
+}
+
+/// The tensors of a GPT-2-style transformer: token and position embeddings, `layers` blocks of
+/// layer norms, attention (fused QKV and projection) and MLP (4× width) weights and biases, and
+/// a final layer norm; 12 layers give 148 tensors. GPT-2 small is `(768, 12, 50257, 1024)`.
+pub fn transformer_tensors(
+    d_model: usize,
+    layers: usize,
+    vocab: usize,
+    context: usize,
+) -> Vec<TensorSpec> {
+    let d = d_model;
+    let mut t = vec![
+        TensorSpec::new("wte.weight", &[vocab, d]),
+        TensorSpec::new("wpe.weight", &[context, d]),
+    ];
+    for l in 0..layers {
+        let p = |s: &str| format!("h.{l}.{s}");
+        t.extend([
+            TensorSpec::new(p("ln_1.weight"), &[d]),
+            TensorSpec::new(p("ln_1.bias"), &[d]),
+            TensorSpec::new(p("attn.qkv.weight"), &[3 * d, d]),
+            TensorSpec::new(p("attn.qkv.bias"), &[3 * d]),
+            TensorSpec::new(p("attn.proj.weight"), &[d, d]),
+            TensorSpec::new(p("attn.proj.bias"), &[d]),
+            TensorSpec::new(p("ln_2.weight"), &[d]),
+            TensorSpec::new(p("ln_2.bias"), &[d]),
+            TensorSpec::new(p("mlp.fc.weight"), &[4 * d, d]),
+            TensorSpec::new(p("mlp.fc.bias"), &[4 * d]),
+            TensorSpec::new(p("mlp.proj.weight"), &[d, 4 * d]),
+            TensorSpec::new(p("mlp.proj.bias"), &[d]),
+        ]);
+    }
+    t.extend([
+        TensorSpec::new("ln_f.weight", &[d]),
+        TensorSpec::new("ln_f.bias", &[d]),
+    ]);
+    t
+}
+
+/// The transformer of [`transformer_tensors`] (12 layers, 8192-token vocabulary, 1024
+/// positions) whose width, a multiple of 64, brings its parameter count closest to `params`.
+pub fn transformer_near(params: usize) -> Vec<TensorSpec> {
+    let count = |d: usize| {
+        transformer_tensors(d, 12, 8192, 1024)
+            .iter()
+            .map(TensorSpec::numel)
+            .sum::<usize>()
+    };
+    let d = (1..=256)
+        .map(|k| 64 * k)
+        .min_by_key(|&d| count(d).abs_diff(params))
+        .expect("a non-empty range");
+    transformer_tensors(d, 12, 8192, 1024)
 }

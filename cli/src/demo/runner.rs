@@ -1,17 +1,20 @@
-//! Running one optimizer on one quadratic, entirely on the GPU: the gradient kernel
-//! (`shaders/quadratic_grad.wgsl`) and the optimizer's fused kernel are recorded alternately,
+//! Running one optimizer on one quadratic, entirely on the GPU: the demo's gradient kernel
+//! (`quadratic_grad.wgsl`) and the optimizer's fused kernel are recorded alternately,
 //! [`STEPS_PER_SUBMISSION`] iterations per submission, and the iterates come back in bulk from a
 //! trajectory buffer at the end of each batch.
 
 use std::num::NonZeroU64;
 
+use fusedopt::{Gpu, GpuOptimizer, Optimizer};
+
 use super::quadratic::Quadratic;
-use crate::gpu::{Gpu, GpuOptimizer, STEPS_PER_SUBMISSION};
-use crate::kernels::{Kernel, storage_entry, uniform_ring_entry};
-use crate::{Optimizer, Result};
+use crate::Result;
 
 /// WGSL of the gradient kernel.
-const SHADER: &str = include_str!("../../shaders/quadratic_grad.wgsl");
+const SHADER: &str = include_str!("quadratic_grad.wgsl");
+
+/// Iterations recorded into one submission.
+const STEPS_PER_SUBMISSION: u64 = 64;
 
 /// Rows of the trajectory buffer: the most iterations run between two readbacks. Batches start
 /// at one submission and double up to this, so that runs that stop early waste little and long
@@ -23,29 +26,64 @@ const ROW_UNIFORM_BYTES: u64 = 16;
 
 /// The compiled gradient kernel, built once per demo.
 #[derive(Debug)]
-pub(crate) struct GradientKernel(Kernel);
+pub(crate) struct GradientKernel {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
 
 impl GradientKernel {
     /// Compiles the kernel inside the library's error scopes, so a failure is an `Err`.
     /// Bindings: 0 the row uniform (dynamic offset), 1 A and 2 x (read-only), 3 the gradient
     /// and 4 the trajectory.
     pub(crate) fn build(gpu: &Gpu) -> Result<Self> {
+        let buffer = |binding, ty, dynamic, min| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: dynamic,
+                min_binding_size: NonZeroU64::new(min),
+            },
+            count: None,
+        };
+        let storage = |binding, read_only| {
+            let ty = wgpu::BufferBindingType::Storage { read_only };
+            buffer(binding, ty, false, 4)
+        };
         let entries = [
-            uniform_ring_entry(0, ROW_UNIFORM_BYTES),
-            storage_entry(1, true),
-            storage_entry(2, true),
-            storage_entry(3, false),
-            storage_entry(4, false),
+            buffer(0, wgpu::BufferBindingType::Uniform, true, ROW_UNIFORM_BYTES),
+            storage(1, true),
+            storage(2, true),
+            storage(3, false),
+            storage(4, false),
         ];
-        Kernel::compile(
-            gpu,
-            "demo/quadratic_grad",
-            SHADER,
-            "gradient",
-            &entries,
-            &[],
-        )
-        .map(Self)
+        let device = gpu.device();
+        let kernel = gpu.scoped("building the demo's gradient kernel", || {
+            let label = Some("demo/quadratic_grad");
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label,
+                source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+            });
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label,
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label,
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label,
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some("gradient"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            Self { pipeline, layout }
+        })?;
+        Ok(kernel)
     }
 }
 
@@ -126,7 +164,7 @@ pub(crate) fn run(
     let bind_group = gpu.scoped("creating the demo's bind group", || {
         gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("demo/quadratic_grad"),
-            layout: &kernel.0.layout,
+            layout: &kernel.layout,
             entries: &[
                 wgpu::BindGroupEntry {
                     binding: 0,
@@ -168,7 +206,7 @@ pub(crate) fn run(
                         label: Some("demo/gradient"),
                         timestamp_writes: None,
                     });
-                    pass.set_pipeline(&kernel.0.pipeline);
+                    pass.set_pipeline(&kernel.pipeline);
                     pass.set_bind_group(0, &bind_group, &[(row * stride) as u32]);
                     pass.dispatch_workgroups(1, 1, 1);
                 })?;

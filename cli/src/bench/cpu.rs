@@ -6,9 +6,10 @@ use ndarray::{ArrayView1, ArrayViewMut1};
 use rayon::prelude::*;
 
 use super::{Implementation, Sampling, Summary, pattern};
-use crate::optim::Optimizer;
-use crate::reference::{AlignedVec, CpuOptimizer, Execution};
 use crate::{Error, Result};
+use fusedopt::CpuOptimizer;
+use fusedopt::Optimizer;
+use fusedopt::reference::{AlignedVec, Execution};
 
 /// One optimizer on the CPU over `sets` independent parameter sets, stepped in turn.
 /// Parameters and gradients start on cache lines, as the state does and as PyTorch's CPU
@@ -55,10 +56,10 @@ impl CpuSteps {
         self.next = (index + 1) % self.sets.len();
         let (optimizer, params, grads) = &mut self.sets[index];
 
-        optimizer.step(
+        Ok(optimizer.step(
             ArrayViewMut1::from(params.as_mut_slice()),
             ArrayView1::from(grads.as_slice()),
-        )
+        )?)
     }
 
     /// Warms up, then times steps one by one. The warm-up steps every set once (their state

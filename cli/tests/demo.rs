@@ -2,11 +2,9 @@
 //! show, gradient descent on the GPU follows exact arithmetic, and the files written are real
 //! charts.
 
-mod common;
-
 use std::path::PathBuf;
 
-use fusedopt::demo::{self, DemoOptions, Experiment, Iterations, RunReport};
+use fusedopt_cli::demo::{self, DemoOptions, Experiment, Iterations, RunReport};
 
 /// Enough for gradient descent on the valley (about 100 iterations) and Adagrad on the n = 4
 /// quadratic (about 50), and far too few for gradient descent on the latter (millions), so its
@@ -82,7 +80,9 @@ fn assert_follows_exact_gd(experiment: &Experiment, label: &str) {
 
 #[test]
 fn reduced_demo_shows_the_predicted_effects_and_writes_charts() {
-    let Some(gpu) = common::gpu() else { return };
+    let Some(gpu) = fusedopt::testing::gpu() else {
+        return;
+    };
     let dir = TempDir::new("fusedopt-demo-test");
     let options = DemoOptions {
         out: Some(dir.0.clone()),
@@ -168,7 +168,9 @@ fn reduced_demo_shows_the_predicted_effects_and_writes_charts() {
 
 #[test]
 fn invalid_options_are_errors() {
-    let Some(gpu) = common::gpu() else { return };
+    let Some(gpu) = fusedopt::testing::gpu() else {
+        return;
+    };
     for options in [
         DemoOptions {
             large_n: 1,

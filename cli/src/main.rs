@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fusedopt::bench::{self, BenchOptions, BenchReport, Implementation};
-use fusedopt::validate::{gpu_against_cpu, variants};
+use fusedopt::testing::{gpu_against_cpu, variants};
 use fusedopt::{ErrorStats, Gpu, Optimizer, Tolerance, golden::Trajectory, gpu::describe_adapter};
+use fusedopt_cli::bench::{self, BenchOptions, BenchReport, Implementation};
+use fusedopt_cli::error::chain;
+use fusedopt_cli::{Result, demo};
 
 /// Fused optimizer kernels on wgpu, checked against a CPU reference and PyTorch.
 ///
@@ -85,10 +87,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Most iterations any optimizer runs on the GPU.
-        #[arg(long, default_value_t = fusedopt::demo::DemoOptions::default().max_iterations)]
+        #[arg(long, default_value_t = demo::DemoOptions::default().max_iterations)]
         max_iterations: u64,
         /// The larger dimension of the imbalanced quadratic, besides n = 4.
-        #[arg(long, default_value_t = fusedopt::demo::DemoOptions::default().large_n)]
+        #[arg(long, default_value_t = demo::DemoOptions::default().large_n)]
         large_n: usize,
     },
     /// Run reference trajectories (safetensors, see tests/golden/FORMAT.md) through the GPU
@@ -170,15 +172,16 @@ fn main() -> ExitCode {
             out,
             max_iterations,
             large_n,
-        }) => Gpu::new().and_then(|gpu| {
-            let options = fusedopt::demo::DemoOptions {
+        }) => (|| {
+            let gpu = Gpu::new()?;
+            let options = demo::DemoOptions {
                 out,
                 max_iterations,
                 large_n,
                 ..Default::default()
             };
-            fusedopt::demo::run(&gpu, &options).map(|_| true)
-        }),
+            demo::run(&gpu, &options).map(|_| true)
+        })(),
         Some(Command::Validate {
             optimizers,
             size,
@@ -196,7 +199,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::from(2)
         }
     }
@@ -208,7 +211,7 @@ const DEFAULT_REPORT_DIR: &str = "fusedopt-report";
 /// The main job: validation of every kernel, then the benchmark with its defaults, printed and
 /// written to [`DEFAULT_REPORT_DIR`]. A validation failure is reported and fails the run, but
 /// the benchmark still runs so the numbers can be looked at.
-fn main_job() -> fusedopt::Result<bool> {
+fn main_job() -> Result<bool> {
     let valid = validate(&[], 100_003, 3, 0, &Tolerance::F32)?;
     println!();
     let gpu = Gpu::new()?;
@@ -236,7 +239,7 @@ fn main_job() -> fusedopt::Result<bool> {
 }
 
 /// Runs the benchmark with a progress bar on stderr (hidden when stderr is not a terminal).
-fn run_bench(gpu: Option<&Gpu>, options: &BenchOptions) -> fusedopt::Result<BenchReport> {
+fn run_bench(gpu: Option<&Gpu>, options: &BenchOptions) -> Result<BenchReport> {
     let rooflines = 1 + u64::from(gpu.is_some());
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(options.points() + rooflines),
@@ -264,7 +267,7 @@ fn write_report(
     dir: &std::path::Path,
     command: &str,
     quiet: bool,
-) -> fusedopt::Result<()> {
+) -> Result<()> {
     let files = bench::report::write(report, dir, command)?;
     let line = format!(
         "report: {} ({} files)",
@@ -310,7 +313,7 @@ fn parse_implementation(s: &str) -> Result<Implementation, String> {
         })
 }
 
-fn info() -> fusedopt::Result<bool> {
+fn info() -> Result<bool> {
     let gpu = Gpu::new()?;
     let a = gpu.adapter_info();
     let limits = gpu.device().limits();
@@ -399,9 +402,13 @@ fn info() -> fusedopt::Result<bool> {
 
 /// Per optimizer variant: the memory one parameter needs (itself, its gradient and exactly the
 /// state the variant keeps), and how many parameters fit in the device's memory.
-fn print_largest_models(gpu: &Gpu) -> fusedopt::Result<()> {
+fn print_largest_models(gpu: &Gpu) -> Result<()> {
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let memory = gpu.device_memory();
+    // A software adapter's buffers live in the host's memory, whatever its heaps say.
+    let memory = match gpu.adapter_info().device_type {
+        wgpu::DeviceType::Cpu => Some(bench::available_memory()).filter(|&m| m > 0),
+        _ => gpu.device_memory(),
+    };
     match memory {
         Some(bytes) if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu => println!(
             "memory: {:.1} GiB (the host's available memory: a software adapter's buffers live there)",
@@ -441,7 +448,7 @@ fn validate(
     steps: u64,
     seed: u64,
     tol: &Tolerance,
-) -> fusedopt::Result<bool> {
+) -> Result<bool> {
     let names: Vec<String> = if optimizers.is_empty() {
         Optimizer::NAMES.iter().map(|s| s.to_string()).collect()
     } else {
@@ -498,7 +505,7 @@ fn validate(
     Ok(all_ok)
 }
 
-fn check(files: &[PathBuf], cpu_only: bool, tol: &Tolerance) -> fusedopt::Result<bool> {
+fn check(files: &[PathBuf], cpu_only: bool, tol: &Tolerance) -> Result<bool> {
     let gpu = if cpu_only { None } else { Some(Gpu::new()?) };
     if let Some(gpu) = &gpu {
         println!("check: GPU {}", describe_adapter(gpu.adapter_info()));
@@ -512,7 +519,7 @@ fn check(files: &[PathBuf], cpu_only: bool, tol: &Tolerance) -> fusedopt::Result
         let traj = match Trajectory::load(file) {
             Ok(t) => t,
             Err(e) => {
-                println!("{}: FAILED to load: {e}", file.display());
+                println!("{}: FAILED to load: {}", file.display(), chain(&e));
                 all_ok = false;
                 continue;
             }
@@ -554,7 +561,7 @@ fn check(files: &[PathBuf], cpu_only: bool, tol: &Tolerance) -> fusedopt::Result
                 }
                 Err(e) => {
                     all_ok = false;
-                    println!("  {path}  FAILED: {e}");
+                    println!("  {path}  FAILED: {}", chain(&e));
                 }
             }
         }

@@ -189,7 +189,7 @@ pub fn layout_comparisons(report: &BenchReport) -> Vec<String> {
 
 /// The rows as one JSON array (the `--json` output).
 pub fn json(report: &BenchReport) -> Result<String> {
-    serde_json::to_string_pretty(&report.rows).map_err(|e| Error::InvalidArgument(e.to_string()))
+    serde_json::to_string_pretty(&report.rows).map_err(Error::from)
 }
 
 /// Writes `report.md`, `results.json` and the SVG charts into `dir` (created if missing);
@@ -217,8 +217,7 @@ pub fn write(report: &BenchReport, dir: &Path, command: &str) -> Result<Vec<Path
     charts.push(("Fraction of the copy roofline".into(), file));
 
     let json_path = dir.join("results.json");
-    let full =
-        serde_json::to_string_pretty(report).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let full = serde_json::to_string_pretty(report).map_err(Error::from)?;
     std::fs::write(&json_path, full).map_err(io(&json_path))?;
     written.push(json_path);
     let md_path = dir.join("report.md");

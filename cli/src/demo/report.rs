@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use super::{DemoReport, Experiment, Iterations, RunReport};
-use crate::Optimizer;
+use fusedopt::Optimizer;
 
 const HEADER: [&str; 5] = [
     "optimizer",
@@ -241,6 +241,7 @@ pub(super) fn hyperparameters(config: &Optimizer) -> String {
             sig(c.betas.1),
             sci(c.eps)
         ),
+        other => format!("lr={}, {}", sig(other.lr()), other.describe()),
     }
 }
 

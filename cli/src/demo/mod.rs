@@ -9,10 +9,10 @@
 //!   η = 0.4 crawls along x₁, with η = 0.6 it diverges along x₂; momentum, Nesterov and the
 //!   adaptive methods for comparison.
 //!
-//! Every update is a fusedopt kernel ([`GpuOptimizer`](crate::GpuOptimizer)); gradients come
-//! from a small WGSL kernel (`shaders/quadratic_grad.wgsl`) recorded before each step, up to
-//! [`STEPS_PER_SUBMISSION`](crate::gpu::STEPS_PER_SUBMISSION) iterations per submission, and the
-//! iterates are read back in bulk; losses are evaluated on the CPU in f64.
+//! Every update is a fusedopt kernel ([`GpuOptimizer`](fusedopt::GpuOptimizer)); gradients come
+//! from the demo's own small WGSL kernel (`quadratic_grad.wgsl`) recorded before each step, 64
+//! iterations per submission, and the iterates are read back in bulk; losses are evaluated on
+//! the CPU in f64.
 //!
 //! Gradient descent on a quadratic is linear, `x_k = (I − αA)^k x0`. Where it needs more than
 //! [`DemoOptions::max_iterations`], its GPU run is checked against the exact f64 iteration
@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 
 pub use quadratic::{Eigen, ExactCheck, ExactGd, Quadratic, check_against_exact};
 
-use crate::gpu::Gpu;
-use crate::{Adadelta, Adagrad, Adam, Error, Optimizer, Result, Rmsprop, Sgd};
+use crate::{Error, Result};
+use fusedopt::Gpu;
+use fusedopt::{Adadelta, Adagrad, Adam, Optimizer, Rmsprop, Sgd};
 use runner::{GradientKernel, Limits, Stop};
 
 /// What [`run`] does. The [`Default`] is the full demo (about half a minute in a release build
@@ -214,7 +215,7 @@ pub fn run(gpu: &Gpu, options: &DemoOptions) -> Result<DemoReport> {
     let started = Instant::now();
     validate(options)?;
     let kernel = GradientKernel::build(gpu)?;
-    let adapter = crate::gpu::describe_adapter(gpu.adapter_info());
+    let adapter = fusedopt::gpu::describe_adapter(gpu.adapter_info());
     println!("fusedopt demo on {adapter}");
     println!(
         "every update is a fusedopt GPU kernel; gradients come from shaders/quadratic_grad.wgsl; \
@@ -252,12 +253,7 @@ pub fn run(gpu: &Gpu, options: &DemoOptions) -> Result<DemoReport> {
 }
 
 fn validate(options: &DemoOptions) -> Result<()> {
-    let fail = |message: String| {
-        Err(Error::Unsupported {
-            optimizer: "demo",
-            message,
-        })
-    };
+    let fail = |message: String| Err(Error::Demo(message));
     // The entries of A go down to β^(2(n-1)) and x0 up to β^(1-n): both must stay normal f32
     // values, with room for the tolerance.
     if !(2..=12).contains(&options.large_n) {

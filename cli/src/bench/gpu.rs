@@ -1,18 +1,15 @@
 //! GPU measurements: optimizer steps through [`GpuOptimizer`], the copy-kernel roofline, and
 //! the clock that times them (timestamp queries or the wall clock).
 
-use std::num::NonZeroU64;
 use std::time::Instant;
 
+use fusedopt::{BufferRange, Gpu, GpuCopy, GpuOptimizer, ModelLayout, ModelOptimizer, Optimizer};
+
 use super::{Clock, Sampling, Summary, pattern};
-use crate::gpu::{BufferRange, Gpu, GpuOptimizer, STEPS_PER_SUBMISSION};
-use crate::kernels::{Kernel, workgroups};
-use crate::model::{ModelLayout, ModelOptimizer};
-use crate::optim::Optimizer;
 use crate::{Error, Result};
 
-/// Steps timed per submission: as many as the optimizers' uniform rings hold.
-const BATCH: u32 = STEPS_PER_SUBMISSION as u32;
+/// Steps timed per submission (and pairs of timestamps per query set).
+const BATCH: u32 = 64;
 
 /// Times batches of compute passes: each pass with its own pair of timestamps where the device
 /// has `TIMESTAMP_QUERY`, otherwise the whole batch with the wall clock around submit-and-wait.
@@ -172,7 +169,7 @@ impl GpuSteps {
     /// Uploads `sets` sets of `size` parameters and gradients and creates their optimizers.
     pub fn new(gpu: &Gpu, config: &Optimizer, size: usize, sets: usize) -> Result<Self> {
         Self::build(gpu, size, sets, |p, g| {
-            GpuOptimizer::new(gpu, config.clone(), p, g).map(Stepper::Flat)
+            Ok(GpuOptimizer::new(gpu, config.clone(), p, g).map(Stepper::Flat)?)
         })
     }
 
@@ -185,7 +182,7 @@ impl GpuSteps {
     ) -> Result<Self> {
         Self::build(gpu, layout.len(), sets, |p, g| {
             let (p, g) = (BufferRange::whole(p), BufferRange::whole(g));
-            ModelOptimizer::new(gpu, layout.clone(), p, g, configs).map(Stepper::Model)
+            Ok(ModelOptimizer::new(gpu, layout.clone(), p, g, configs).map(Stepper::Model)?)
         })
     }
 
@@ -216,7 +213,7 @@ impl GpuSteps {
     ) -> Result<()> {
         let index = self.next;
         self.next = (index + 1) % self.sets.len();
-        match (&mut self.sets[index].0, timestamps) {
+        let recorded = match (&mut self.sets[index].0, timestamps) {
             (Stepper::Flat(o), Some(t)) => {
                 let lr = o.config().lr();
                 o.record_step_timed(gpu, encoder, lr, t)
@@ -224,7 +221,8 @@ impl GpuSteps {
             (Stepper::Flat(o), None) => o.record_step(gpu, encoder),
             (Stepper::Model(m), Some(t)) => m.record_step_timed(gpu, encoder, t),
             (Stepper::Model(m), None) => m.record_step(gpu, encoder),
-        }
+        };
+        Ok(recorded?)
     }
 
     /// Warms up (every set once, so that no timed step is a set's first, then
@@ -237,9 +235,9 @@ impl GpuSteps {
     }
 }
 
-/// The GPU's copy bandwidth: `shaders/copy.wgsl` copying `size` f32 between two buffers, in
-/// chunks of the largest storage binding like the optimizers, counted as bytes read plus bytes
-/// written (8 per element).
+/// The GPU's copy bandwidth: the library's copy kernel ([`GpuCopy`]: the optimizers' bindings,
+/// indexing and chunking) copying `size` f32 between two buffers, counted as bytes read plus
+/// bytes written (8 per element).
 pub fn gpu_copy_bandwidth(
     gpu: &Gpu,
     timer: &GpuTimer,
@@ -249,57 +247,17 @@ pub fn gpu_copy_bandwidth(
     if size == 0 {
         return Err(Error::InvalidArgument("copy of zero elements".into()));
     }
-    let kernel = Kernel::copy(gpu)?;
     let source = gpu.upload("bench/copy source", &pattern(size, 3))?;
     let target = gpu.zeros("bench/copy target", size)?;
-    let chunk = gpu.limits().chunk_elements();
-    let mut dispatches = Vec::new();
-    let mut start = 0u64;
-    while start < size as u64 {
-        let n = (size as u64 - start).min(chunk);
-        let binding = |buffer| {
-            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer,
-                offset: start * 4,
-                size: NonZeroU64::new(n * 4),
-            })
-        };
-        let bind_group = gpu.scoped("creating the copy bind group", || {
-            gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("bench/copy"),
-                layout: &kernel.layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: binding(&target),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: binding(&source),
-                    },
-                ],
-            })
-        })?;
-        let groups = workgroups(n as u32, gpu.limits().max_workgroups_per_dimension);
-        dispatches.push((bind_group, groups));
-        start += n;
-    }
+    let copy = GpuCopy::new(
+        gpu,
+        BufferRange::whole(&source),
+        BufferRange::whole(&target),
+    )?;
     timer.measure(
         gpu,
         sampling,
         sampling.warmup_steps,
-        |encoder, timestamp_writes| {
-            gpu.scoped("recording a copy", || {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("bench/copy"),
-                    timestamp_writes,
-                });
-                pass.set_pipeline(&kernel.pipeline);
-                for (bind_group, (x, y)) in &dispatches {
-                    pass.set_bind_group(0, bind_group, &[]);
-                    pass.dispatch_workgroups(*x, *y, 1);
-                }
-            })
-        },
+        |encoder, timestamp_writes| Ok(copy.record(gpu, encoder, timestamp_writes)?),
     )
 }

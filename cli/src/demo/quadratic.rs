@@ -26,10 +26,7 @@ impl Quadratic {
     /// to f32.
     pub fn new(matrix: &[f64], start: &[f64]) -> Result<Self> {
         let n = start.len();
-        let invalid = |message: String| Error::Unsupported {
-            optimizer: "demo",
-            message,
-        };
+        let invalid = Error::Demo;
         if n == 0 || matrix.len() != n * n {
             return Err(invalid(format!(
                 "a quadratic in {n} variables needs {} matrix entries, got {}",
@@ -66,10 +63,9 @@ impl Quadratic {
     /// so reaching a small relative loss measures the asymptotic rate, not a lucky start.
     pub fn imbalanced(n: usize, beta: f64, seed: u64) -> Result<Self> {
         if n < 2 {
-            return Err(Error::Unsupported {
-                optimizer: "demo",
-                message: format!("the imbalanced quadratic needs n >= 2, got {n}"),
-            });
+            return Err(Error::Demo(format!(
+                "the imbalanced quadratic needs n >= 2, got {n}"
+            )));
         }
         let mut rng = StdRng::seed_from_u64(seed);
         let spread = 0.1 / (n - 1) as f64;

@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ModelLayout, decay_group, transformer_near};
-use crate::optim::{Adam, Optimizer, Rmsprop, Sgd};
-use crate::{Error, Gpu, Result};
+use crate::{Error, Result};
+use fusedopt::ModelLayout;
+use fusedopt::model::decay_group;
+use fusedopt::testing::transformer_near;
+use fusedopt::{Adam, Gpu, Optimizer};
 
 pub use cpu::{CpuSteps, cpu_copy_bandwidth};
 pub use gpu::{GpuSteps, GpuTimer, gpu_copy_bandwidth};
@@ -26,11 +28,11 @@ pub use gpu::{GpuSteps, GpuTimer, gpu_copy_bandwidth};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Implementation {
-    /// [`crate::reference::Execution::Reference`]: one thread, portable code.
+    /// [`fusedopt::reference::Execution::Reference`]: one thread, portable code.
     CpuReference,
-    /// [`crate::reference::Execution::Fast`]: all rayon threads, widest vector unit.
+    /// [`fusedopt::reference::Execution::Fast`]: all rayon threads, widest vector unit.
     CpuFast,
-    /// The fused WGSL kernel through [`crate::GpuOptimizer`].
+    /// The fused WGSL kernel through [`fusedopt::GpuOptimizer`].
     Gpu,
 }
 
@@ -98,9 +100,10 @@ impl Case {
 }
 
 /// The cases for the named optimizers (all of [`Optimizer::NAMES`] when empty): each
-/// optimizer's defaults, plus every option that changes the state it keeps (SGD momentum;
-/// RMSprop centered and momentum; Adam and AdamW amsgrad). Options that only change arithmetic
-/// (nesterov, maximize, weight decay) move the same bytes and are left out.
+/// optimizer's defaults, plus every option that changes the state it keeps (as each optimizer
+/// names them: SGD momentum; RMSprop centered and momentum; Adam and AdamW amsgrad). Options
+/// that only change arithmetic (nesterov, maximize, weight decay) move the same bytes and are
+/// left out.
 pub fn cases(names: &[String]) -> Result<Vec<Case>> {
     let names: Vec<&str> = if names.is_empty() {
         Optimizer::NAMES.to_vec()
@@ -110,50 +113,18 @@ pub fn cases(names: &[String]) -> Result<Vec<Case>> {
     let mut out = Vec::new();
     for name in names {
         let base = Optimizer::default_for(name)?;
-        let optimizer = Optimizer::NAMES
-            .into_iter()
-            .find(|n| *n == name)
-            .expect("default_for accepted the name");
-        let mut push = |variant, config: Optimizer| {
-            out.push(Case {
-                optimizer,
-                variant,
-                config,
-            })
-        };
-        push("default", base.clone());
-        match base {
-            Optimizer::Sgd(c) => push("momentum", Sgd { momentum: 0.9, ..c }.into()),
-            Optimizer::Rmsprop(c) => {
-                push(
-                    "centered",
-                    Rmsprop {
-                        centered: true,
-                        ..c.clone()
-                    }
-                    .into(),
-                );
-                push(
-                    "momentum",
-                    Rmsprop {
-                        momentum: 0.9,
-                        ..c.clone()
-                    }
-                    .into(),
-                );
-                push(
-                    "centered+momentum",
-                    Rmsprop {
-                        centered: true,
-                        momentum: 0.9,
-                        ..c
-                    }
-                    .into(),
-                );
-            }
-            Optimizer::Adam(c) => push("amsgrad", Adam { amsgrad: true, ..c }.into()),
-            Optimizer::Adagrad(_) | Optimizer::Adadelta(_) => {}
-        }
+        let optimizer = base.name();
+        let variants = base.state_variants();
+        out.push(Case {
+            optimizer,
+            variant: "default",
+            config: base,
+        });
+        out.extend(variants.into_iter().map(|(variant, config)| Case {
+            optimizer,
+            variant,
+            config,
+        }));
     }
     Ok(out)
 }
@@ -345,7 +316,10 @@ pub fn cpu_description() -> String {
 
 /// Host memory available now, in bytes (0 where the system does not say).
 pub fn available_memory() -> u64 {
-    crate::gpu::host_available_memory()
+    sysinfo::System::new().map_or(0, |mut system| {
+        system.refresh_memory();
+        system.available_memory()
+    })
 }
 
 /// Size of the CPU's largest cache, from Linux's sysfs; 64 MiB where it cannot be read.
@@ -488,7 +462,7 @@ pub fn run(
 ) -> Result<BenchReport> {
     options.check(gpu)?;
     let cpu = cpu_description();
-    let gpu_name = gpu.map(|g| crate::gpu::describe_adapter(g.adapter_info()));
+    let gpu_name = gpu.map(|g| fusedopt::gpu::describe_adapter(g.adapter_info()));
     let sampling = &options.sampling;
 
     let roof_size = options.roofline_size;
@@ -551,7 +525,10 @@ pub fn run(
                 };
                 let (summary, clock, adapter) = match measured {
                     Ok(m) => m,
-                    Err(e @ (Error::OutOfMemory(_) | Error::LimitExceeded { .. })) => {
+                    Err(Error::Fusedopt(
+                        e @ (fusedopt::Error::OutOfMemory { .. }
+                        | fusedopt::Error::LimitExceeded { .. }),
+                    )) => {
                         skipped.push(format!(
                             "{} {} at {size}: {e}",
                             case.label(),
@@ -610,7 +587,10 @@ pub fn run(
                 };
                 let summary = match steps.and_then(|mut s| s.measure(gpu, timer, sampling)) {
                     Ok(s) => s,
-                    Err(e @ (Error::OutOfMemory(_) | Error::LimitExceeded { .. })) => {
+                    Err(Error::Fusedopt(
+                        e @ (fusedopt::Error::OutOfMemory { .. }
+                        | fusedopt::Error::LimitExceeded { .. }),
+                    )) => {
                         skipped.push(format!("adamw/{variant} gpu at {n}: {e}"));
                         continue;
                     }

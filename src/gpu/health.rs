@@ -1,0 +1,124 @@
+//! Error scopes and device health: every wgpu call fusedopt makes runs inside scopes that turn
+//! what wgpu reports into an `Err`, and a device fusedopt created records what escapes them
+//! (an uncaptured error, the loss of the device) for the next call to report.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::Gpu;
+use crate::{Error, Result};
+
+/// What a device reported outside any scope. Handlers are installed only on devices fusedopt
+/// created: a borrowed device keeps the caller's own.
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<wgpu::Error>>>,
+}
+
+impl Health {
+    /// Health fed by `device`'s lost callback and uncaptured-error handler.
+    pub(super) fn watching(device: &wgpu::Device) -> Self {
+        let health = Self::default();
+        let lost = Arc::clone(&health.lost);
+        device.set_device_lost_callback(move |reason, message| {
+            *lost.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(format!("{reason:?}: {message}"));
+        });
+        let uncaptured = Arc::clone(&health.uncaptured);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            let mut slot = uncaptured.lock().unwrap_or_else(PoisonError::into_inner);
+            slot.get_or_insert(error);
+        }));
+        health
+    }
+
+    /// Fails if the device was lost, or with the first error that escaped every scope.
+    fn check(&self) -> Result<()> {
+        let lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(reason) = lost.clone() {
+            return Err(Error::DeviceLost(reason));
+        }
+        let escaped = self
+            .uncaptured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match escaped {
+            Some(source) => Err(Error::Wgpu {
+                context: "an earlier operation".into(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Gpu {
+    /// Runs `f`, which makes wgpu calls on this device, inside out-of-memory, validation and
+    /// internal error scopes, and turns what they catch into an `Err` (dropping whatever `f`
+    /// made). `context` says what was being done, for the error.
+    pub fn scoped<T>(&self, context: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.health.check()?;
+        let device = &self.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let value = f();
+        let internal = pollster::block_on(internal.pop());
+        let validation = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(oom.pop());
+        if let Some(source) = oom {
+            return Err(Error::OutOfMemory {
+                context: context.to_string(),
+                source,
+            });
+        }
+        if let Some(source) = validation.or(internal) {
+            return Err(Error::Wgpu {
+                context: context.to_string(),
+                source,
+            });
+        }
+        self.health.check()?;
+        Ok(value)
+    }
+
+    /// Submits the encoder's commands. An `Err` means they were refused and nothing of them
+    /// runs.
+    pub fn submit(
+        &self,
+        context: &str,
+        encoder: wgpu::CommandEncoder,
+    ) -> Result<wgpu::SubmissionIndex> {
+        self.scoped(context, || self.queue.submit([encoder.finish()]))
+    }
+
+    /// Waits until `submission` has run, at most the timeout ([`Gpu::set_timeout`]); a lost
+    /// device is an `Err`, not a panic. After a timeout the work still runs.
+    pub fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
+        self.poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: Some(self.timeout),
+        })
+    }
+
+    /// Submits the encoder's commands and waits for them.
+    pub fn submit_and_wait(&self, context: &str, encoder: wgpu::CommandEncoder) -> Result<()> {
+        let submission = self.submit(context, encoder)?;
+        self.wait(submission)
+    }
+
+    /// `Device::poll`, with a panic inside wgpu (a lost device) turned into an `Err`.
+    pub(super) fn poll(&self, poll_type: wgpu::PollType) -> Result<()> {
+        let poll = catch_unwind(AssertUnwindSafe(|| self.device.poll(poll_type)));
+        match poll {
+            Ok(Ok(_)) => self.health.check(),
+            Ok(Err(wgpu::PollError::Timeout)) => Err(Error::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(Error::DeviceLost(e.to_string())),
+            Err(_) => Err(Error::DeviceLost(
+                "the device panicked while polling".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Moving f32 between the host and buffers: uploads and fills through the queue, readback
+//! through one bounded staging buffer, so that a multi-GB tensor needs no second multi-GB
+//! allocation.
+
+use super::Gpu;
+use crate::{Error, Result};
+
+/// Largest staging buffer used for readback and initialization.
+const TRANSFER_CHUNK_BYTES: u64 = 64 << 20;
+
+impl Gpu {
+    /// Creates a storage buffer of `len` zeros (f32), usable for parameters, gradients or state.
+    pub fn zeros(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
+        let bytes = (len as u64).saturating_mul(4);
+        self.limits.check_buffer_size(label, bytes)?;
+        self.scoped(&format!("allocating {label}"), || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// Uploads `data` into a new storage buffer (usable as parameters or gradients).
+    pub fn upload(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        if data.is_empty() {
+            return Err(Error::InvalidBuffer {
+                what: label.to_string(),
+                message: "a tensor needs at least one element".into(),
+            });
+        }
+        let buffer = self.zeros(label, data.len())?;
+        self.write(&buffer, 0, data)?;
+        Ok(buffer)
+    }
+
+    /// Writes `data` into `buffer` starting at element `offset`. The write is ordered before
+    /// any later submission, like `wgpu::Queue::write_buffer`.
+    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, data: &[f32]) -> Result<()> {
+        check_span(buffer, offset, data.len(), "write into")?;
+        if !buffer.usage().contains(wgpu::BufferUsages::COPY_DST) {
+            return Err(Error::InvalidBuffer {
+                what: "write target".into(),
+                message: "the buffer lacks COPY_DST usage".into(),
+            });
+        }
+        self.scoped("writing a buffer", || {
+            self.queue
+                .write_buffer(buffer, offset * 4, bytemuck::cast_slice(data));
+        })
+    }
+
+    /// Fills `len` elements of `buffer` from element `offset` with `value`, in bounded pieces.
+    pub(crate) fn fill(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: u64,
+        value: f32,
+    ) -> Result<()> {
+        let piece = (TRANSFER_CHUNK_BYTES / 4).min(len) as usize;
+        let values = vec![value; piece];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(piece as u64) as usize;
+            self.write(buffer, offset + done, &values[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads `len` f32 elements of `buffer` from element `offset`, through a bounded staging
+    /// buffer, in as few round trips as that allows. It waits for all work submitted before.
+    pub fn download(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
+        check_span(buffer, offset, len, "read from")?;
+        if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(Error::InvalidBuffer {
+                what: "readback source".into(),
+                message: "the buffer lacks COPY_SRC usage".into(),
+            });
+        }
+        let total = len as u64 * 4;
+        let staging_size = total.clamp(4, TRANSFER_CHUNK_BYTES);
+        let staging = self.scoped("allocating a readback buffer", || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fusedopt/readback"),
+                size: staging_size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        let mut out = Vec::with_capacity(len);
+        let mut done = 0;
+        while done < total {
+            let n = (total - done).min(staging_size);
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(buffer, offset * 4 + done, &staging, 0, n);
+            self.submit_and_wait("copying for readback", encoder)?;
+            self.map_read(&staging, n, &mut out)?;
+            done += n;
+        }
+        Ok(out)
+    }
+
+    /// Maps the first `bytes` of `staging`, appends them to `out` as f32, and unmaps.
+    fn map_read(&self, staging: &wgpu::Buffer, bytes: u64, out: &mut Vec<f32>) -> Result<()> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let index = self.scoped("mapping for readback", || {
+            staging.map_async(wgpu::MapMode::Read, ..bytes, move |result| {
+                // The receiver outlives the wait below; a failed send only means it is gone.
+                let _ = sender.send(result);
+            });
+            self.queue.submit([])
+        })?;
+        self.wait(index)?;
+        let readback = |source: Box<dyn std::error::Error + Send + Sync>| Error::Mapping {
+            what: "a buffer for readback".into(),
+            source,
+        };
+        // Another thread polling the same device may be the one to run the callback, a moment
+        // after our wait returned: keep polling until it arrives or the timeout passes.
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mapped = loop {
+            match receiver.try_recv() {
+                Ok(result) => break result,
+                Err(_) if std::time::Instant::now() > deadline => {
+                    return Err(Error::Timeout(self.timeout));
+                }
+                Err(_) => {
+                    self.poll(wgpu::PollType::Poll)?;
+                    std::thread::yield_now();
+                }
+            }
+        };
+        mapped.map_err(|e| readback(Box::new(e)))?;
+        {
+            let view = staging
+                .get_mapped_range(..bytes)
+                .map_err(|e| readback(Box::new(e)))?;
+            out.extend_from_slice(bytemuck::cast_slice(&view));
+        }
+        staging.unmap();
+        Ok(())
+    }
+}
+
+/// Elements `offset..offset + len` must lie inside `buffer`.
+fn check_span(buffer: &wgpu::Buffer, offset: u64, len: usize, verb: &str) -> Result<()> {
+    let capacity = buffer.size() / 4;
+    if offset.saturating_add(len as u64) > capacity {
+        return Err(Error::LengthMismatch {
+            what: format!("{verb} element {offset} of a buffer of {capacity} elements"),
+            expected: capacity.saturating_sub(offset) as usize,
+            got: len,
+        });
+    }
+    Ok(())
+}
