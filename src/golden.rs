@@ -7,10 +7,10 @@ use ndarray::{ArrayView1, ArrayViewMut1};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::compare::{ErrorStats, Tolerance};
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptimizer};
 use crate::optim::Optimizer;
 use crate::reference::CpuOptimizer;
-use crate::{Error, Result};
 
 /// One recorded optimizer run.
 #[derive(Clone, Debug)]

@@ -3,8 +3,9 @@
 //! contiguous ranges, and one [`GpuOptimizer`] per group, so a step costs one dispatch per
 //! chunk of each group however many tensors the model has.
 
+use crate::error::{Error, Result};
 use crate::gpu::{BufferRange, Gpu, GpuOptimizer};
-use crate::{Error, Optimizer, Result};
+use crate::optim::Optimizer;
 
 /// Most parameter groups a layout may have (PyTorch models have a handful).
 pub const MAX_GROUPS: usize = 1 << 16;
@@ -423,37 +424,9 @@ pub fn decay_group(tensor: &TensorSpec) -> usize {
     usize::from(tensor.shape.len() < 2)
 }
 
-#[cfg(all(test, feature = "testing"))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::transformer_tensors;
-
-    #[test]
-    fn segments_are_aligned_grouped_and_disjoint() {
-        let tensors = transformer_tensors(64, 12, 1000, 128);
-        assert_eq!(tensors.len(), 148, "GPT-2's tensor count");
-        let layout = ModelLayout::new(&tensors, 2, decay_group, 64).unwrap();
-        assert_eq!(layout.segments().len(), 148);
-        let mut end = 0;
-        for s in layout.segments() {
-            assert_eq!(s.offset % 64, 0, "{} aligned", s.tensor.name);
-            assert!(s.offset >= end, "{} after the previous", s.tensor.name);
-            end = s.offset + s.len;
-        }
-        let [(s0, l0), (s1, l1)] = layout.group_ranges() else {
-            panic!("two groups")
-        };
-        assert_eq!((*s0, s0 + l0), (0, *s1), "groups are back to back");
-        assert_eq!(s1 + l1, layout.len());
-        for s in layout.segments() {
-            let (start, len) = layout.group_ranges()[s.group];
-            assert!(s.offset >= start && s.offset + s.len <= start + len);
-            assert_eq!(s.group, decay_group(&s.tensor));
-        }
-        let params = tensors.iter().map(TensorSpec::numel).sum::<usize>();
-        assert_eq!(layout.params(), params);
-        assert!(layout.len() < params + 148 * 64);
-    }
 
     #[test]
     fn bad_layouts_are_errors() {

@@ -2,6 +2,7 @@
 //! option sets every kernel is validated under, seeded random problems, the GPU-against-CPU
 //! run behind `fusedopt validate`, and model shapes. Not part of the library's API.
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ndarray::{ArrayView1, ArrayViewMut1};
@@ -9,8 +10,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-use crate::Result;
 use crate::compare::{ErrorStats, Tolerance};
+use crate::error::Result;
 use crate::gpu::{BufferSet, Gpu, GpuOptimizer};
 use crate::model::TensorSpec;
 use crate::optim::Optimizer;
@@ -49,6 +50,23 @@ fn no_adapter<T>(error: &str) -> Option<T> {
          (`apt-get install mesa-vulkan-drivers`) or run with WGPU_BACKEND=gl (llvmpipe). \
          To skip GPU tests instead, set {SKIP_VAR}=1."
     );
+}
+
+/// The reference trajectories in the repository's `tests/golden`, sorted.
+pub fn golden_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "the golden trajectories are in {}",
+        dir.display()
+    );
+    files
 }
 
 /// Every option combination that changes the arithmetic, for the optimizer called `name`,

@@ -1,7 +1,8 @@
 //! The fast CPU path (threads, wide vectors) gives the reference's numbers bit for bit, for
-//! every option set, at sizes that cross its block and task boundaries.
+//! every option set and every instruction set the CPU runs, at sizes that cross its block and
+//! task boundaries.
 
-use fusedopt::reference::{BLOCK, CpuOptimizer, Execution, FAST_TASK_ELEMENTS};
+use fusedopt::reference::{BLOCK, CpuOptimizer, Execution, FAST_TASK_ELEMENTS, InstructionSet};
 use fusedopt::testing::{RandomProblem, schedule, variants};
 use fusedopt::{Optimizer, Result};
 use ndarray::{Array1, ArrayView1, s};
@@ -19,34 +20,46 @@ fn first_difference(a: ArrayView1<'_, f32>, b: ArrayView1<'_, f32>) -> Option<(u
         .map(|(i, (x, y))| (i, *x, *y))
 }
 
+/// Steps the reference and the fast path, once per instruction set the CPU runs, from the same
+/// data, comparing every tensor bit for bit after every step.
 fn run_both(config: &Optimizer, len: usize) -> Result<()> {
     let mut problem = RandomProblem::new(len, 7);
     let mut reference = CpuOptimizer::new(config.clone(), len)?;
-    let mut fast = CpuOptimizer::new(config.clone(), len)?.with_execution(Execution::Fast);
-    assert_eq!(fast.execution(), Execution::Fast);
     let mut p_ref = Array1::from(problem.params.clone());
-    let mut p_fast = p_ref.clone();
+    let mut fast = Vec::new();
+    for isa in InstructionSet::available() {
+        let opt = CpuOptimizer::new(config.clone(), len)?
+            .with_execution(Execution::Fast)
+            .with_instruction_set(isa)?;
+        assert_eq!(opt.execution(), Execution::Fast);
+        fast.push((isa, opt, p_ref.clone()));
+    }
     for t in 1..=STEPS {
         let grad = Array1::from(problem.next_grad());
         let lr = schedule(config.lr(), t);
         reference.step_with_lr(p_ref.view_mut(), grad.view(), lr)?;
-        fast.step_with_lr(p_fast.view_mut(), grad.view(), lr)?;
-        let mut tensors = vec![("params", p_ref.view(), p_fast.view())];
-        for ((name, a), (_, b)) in reference.state().into_iter().zip(fast.state()) {
-            tensors.push((name, a, b));
-        }
-        for (name, a, b) in tensors {
-            if let Some((i, x, y)) = first_difference(a, b) {
-                panic!(
-                    "{} ({}), {len} elements, step {t}: {name}[{i}] reference {x:e}, fast {y:e}",
-                    config.name(),
-                    config.describe()
-                );
+        for (isa, opt, p_fast) in &mut fast {
+            opt.step_with_lr(p_fast.view_mut(), grad.view(), lr)?;
+            let mut tensors = vec![("params", p_ref.view(), p_fast.view())];
+            for ((name, a), (_, b)) in reference.state().into_iter().zip(opt.state()) {
+                tensors.push((name, a, b));
+            }
+            for (name, a, b) in tensors {
+                if let Some((i, x, y)) = first_difference(a, b) {
+                    panic!(
+                        "{} ({}), {len} elements, step {t}, {isa:?}: {name}[{i}] \
+                         reference {x:e}, fast {y:e}",
+                        config.name(),
+                        config.describe()
+                    );
+                }
             }
         }
     }
     // The data moved: a step that wrote nothing would compare equal too.
-    assert_ne!(p_fast.as_slice(), Some(&problem.params[..]));
+    for (_, _, p_fast) in &fast {
+        assert_ne!(p_fast.as_slice(), Some(&problem.params[..]));
+    }
     Ok(())
 }
 

@@ -4,32 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use std::collections::HashMap;
 
 use fusedopt::golden::Trajectory;
-use fusedopt::testing::RandomProblem;
+use fusedopt::testing::{RandomProblem, golden_files};
 use fusedopt::{CpuOptimizer, Optimizer, Tolerance};
 use ndarray::{ArrayView1, ArrayViewMut1};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
-
-fn golden_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("tests/golden exists")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 10,
-        "the golden trajectories are in {}",
-        dir.display()
-    );
-    files
-}
 
 #[test]
 fn cpu_reference_follows_every_trajectory() {

@@ -8,7 +8,9 @@ mod common;
 use fusedopt::model::decay_group;
 use fusedopt::testing::RandomProblem;
 use fusedopt::testing::transformer_tensors;
-use fusedopt::{Adam, BufferRange, CpuOptimizer, ModelLayout, ModelOptimizer, Optimizer};
+use fusedopt::{
+    Adam, BufferRange, CpuOptimizer, ModelLayout, ModelOptimizer, Optimizer, TensorSpec,
+};
 use ndarray::{ArrayView1, ArrayViewMut1};
 
 fn adamw_groups() -> Vec<Optimizer> {
@@ -124,4 +126,31 @@ fn group_configurations_must_match_the_layout() {
     assert!(
         ModelOptimizer::new(gpu, layout, whole(&params), whole(&short), &adamw_groups()).is_err()
     );
+}
+
+#[test]
+fn segments_are_aligned_grouped_and_disjoint() {
+    let tensors = transformer_tensors(64, 12, 1000, 128);
+    assert_eq!(tensors.len(), 148, "GPT-2's tensor count");
+    let layout = ModelLayout::new(&tensors, 2, decay_group, 64).unwrap();
+    assert_eq!(layout.segments().len(), 148);
+    let mut end = 0;
+    for s in layout.segments() {
+        assert_eq!(s.offset % 64, 0, "{} aligned", s.tensor.name);
+        assert!(s.offset >= end, "{} after the previous", s.tensor.name);
+        end = s.offset + s.len;
+    }
+    let [(s0, l0), (s1, l1)] = layout.group_ranges() else {
+        panic!("two groups")
+    };
+    assert_eq!((*s0, s0 + l0), (0, *s1), "groups are back to back");
+    assert_eq!(s1 + l1, layout.len());
+    for s in layout.segments() {
+        let (start, len) = layout.group_ranges()[s.group];
+        assert!(s.offset >= start && s.offset + s.len <= start + len);
+        assert_eq!(s.group, decay_group(&s.tensor));
+    }
+    let params = tensors.iter().map(TensorSpec::numel).sum::<usize>();
+    assert_eq!(layout.params(), params);
+    assert!(layout.len() < params + 148 * 64);
 }

@@ -1,4 +1,5 @@
-//! The tool's errors: the library's, and what only the tool does (arguments, files, charts).
+//! The tool's errors: the library's (file errors among them), and what only the tool does
+//! (arguments, demo settings, charts, JSON).
 
 /// Everything the `fusedopt` command can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -20,15 +21,6 @@ pub enum Error {
         path: String,
         /// What the plotting library reported.
         message: String,
-    },
-    /// Writing a report file failed.
-    #[error("{path}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
     },
     /// Serializing a report failed.
     #[error("writing JSON")]

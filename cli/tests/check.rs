@@ -5,20 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use fusedopt::testing::golden_files;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-
-fn golden_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("tests/golden exists")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 10, "trajectories in {}", dir.display());
-    files
-}
 
 fn fusedopt(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_fusedopt"))

@@ -3,7 +3,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Which adapter [`crate::Gpu::new_with`] picks.
 #[derive(Clone, Debug)]

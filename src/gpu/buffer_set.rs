@@ -2,7 +2,7 @@
 //! the device's `max_buffer_size` requires.
 
 use super::{BufferRange, Gpu, Piece};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// `len` f32 elements in consecutive buffers of at most `max_buffer_size` each (a multiple of
 /// the storage offset alignment, all but the last full). One buffer when the set fits in one.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Gpu;
 use super::range::{BufferRange, Piece, check_pieces};
-use crate::Result;
+use crate::error::Result;
 use crate::kernels::{Chunked, GRAD_BINDING, Kernel, PARAM_BINDING, elements};
 
 /// A copy kernel bound to a source and a target range, recorded as one compute pass.

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::Gpu;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// What a device reported outside any scope. Handlers are installed only on devices fusedopt
 /// created: a borrowed device keeps the caller's own.

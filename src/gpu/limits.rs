@@ -1,8 +1,8 @@
 //! The device limits fusedopt works within, and the settings that lower them so that tests can
 //! reach the multi-chunk and multi-buffer paths on small data.
 
+use crate::error::{Error, Result};
 use crate::kernels::Grid;
-use crate::{Error, Result};
 
 /// The limits fusedopt works within, read from the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

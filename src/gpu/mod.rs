@@ -26,9 +26,9 @@ pub use range::{BufferRange, Piece};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::{Error, Result};
 use crate::kernels::{Kernel, PipelineCache};
 use crate::optim::Optimizer;
-use crate::{Error, Result};
 use health::Health;
 
 /// How long a wait for the GPU may take before it is reported as a [`Error::Timeout`].

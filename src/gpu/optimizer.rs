@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use super::Gpu;
 use super::range::{BufferRange, Piece, check_pieces};
+use crate::error::{Error, Result};
 use crate::kernels::{
     Chunked, FIRST_STATE_BINDING, GRAD_BINDING, Kernel, PARAM_BINDING, UNIFORM_BINDING, elements,
 };
 use crate::optim::{Optimizer, StateSlot};
-use crate::{Error, Result};
 
 /// What the optimizer keeps of one piece: where its parameters are, and its state.
 #[derive(Debug)]

@@ -5,8 +5,8 @@
 use std::ops::Range;
 
 use super::Gpu;
+use crate::error::{Error, Result};
 use crate::kernels::storage_entry;
-use crate::{Error, Result};
 
 /// `len` f32 elements of a buffer, starting at element `offset`.
 #[derive(Clone, Copy, Debug)]

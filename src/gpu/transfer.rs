@@ -3,7 +3,7 @@
 //! allocation.
 
 use super::Gpu;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Largest staging buffer used for readback and initialization.
 const TRANSFER_CHUNK_BYTES: u64 = 64 << 20;

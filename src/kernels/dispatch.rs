@@ -3,7 +3,7 @@
 //! for every kernel (optimizers and the copy roofline).
 
 use super::{Kernel, WORKGROUP_SIZE};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Workgroup counts `(x, y)` covering `len` elements with at most `max_per_dimension` groups
 /// along x, as `element_index` in `common.wgsl` expects. Counts that do not fit the device are

@@ -4,7 +4,7 @@ use super::{
     KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
     non_negative, require, uniform_layout,
 };
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// `torch.optim.Adadelta` (PyTorch defaults), [Zeiler 2012](https://arxiv.org/abs/1212.5701).
 /// eps sits inside both square roots, in PyTorch as in optax:

@@ -4,7 +4,7 @@ use super::{
     KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
     in_unit_interval, non_negative, pairs, uniform_layout,
 };
-use crate::Result;
+use crate::error::Result;
 
 /// `torch.optim.Adam` (PyTorch defaults), [Kingma & Ba 2015](https://arxiv.org/abs/1412.6980);
 /// with `decoupled_weight_decay` it is `torch.optim.AdamW` ([`Adam::adamw`]). At step t:

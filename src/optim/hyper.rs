@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Keys PyTorch accepts that select an implementation, not the arithmetic; they are accepted
 /// and have no effect here.

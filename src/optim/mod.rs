@@ -25,7 +25,7 @@ pub use sgd::{Sgd, SgdScalars};
 pub(crate) use rule::{Block, MAX_STATE, Mirror, UniformBlock, Visit};
 use rule::{Rule, pairs, uniform_layout};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Declares the optimizers: one line each, with the PyTorch names it answers to and the
 /// defaults of each. It makes [`Optimizer`] and its conversions, and the only two places that

@@ -4,7 +4,7 @@ use super::{
     KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
     non_negative, pairs, uniform_layout,
 };
-use crate::Result;
+use crate::error::Result;
 
 /// `torch.optim.RMSprop` (PyTorch defaults), Hinton's lecture 6e:
 ///

@@ -7,7 +7,7 @@ use std::fmt::Debug;
 
 use super::Optimizer;
 use super::hyper::HyperReader;
-use crate::Result;
+use crate::error::Result;
 
 /// An optimizer's kernel as the host binds it: `shaders/<name>.wgsl`, compiled after
 /// `common.wgsl`, with binding 0 the uniform, 1 the parameters, 2 the gradients and the state

@@ -4,7 +4,7 @@ use super::{
     KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
     non_negative, pairs, uniform_layout,
 };
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// `torch.optim.SGD` (PyTorch defaults). With `g` the gradient (negated under `maximize`):
 ///

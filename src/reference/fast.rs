@@ -17,9 +17,9 @@ pub const TASK: usize = 256 * BLOCK;
 /// schedule than to run.
 const MIN_TASK: usize = 4 * BLOCK;
 
-/// The instruction sets the loops are compiled for.
+/// The instruction sets the fast path's loops are compiled for. Every one gives the same bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Isa {
+pub enum InstructionSet {
     /// AVX-512F: sixteen f32 per vector.
     #[cfg(target_arch = "x86_64")]
     Avx512,
@@ -30,24 +30,9 @@ pub(super) enum Isa {
     Portable,
 }
 
-impl Isa {
-    /// The widest this CPU runs.
-    fn widest() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Self::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Self::Avx2;
-            }
-        }
-        Self::Portable
-    }
-
+impl InstructionSet {
     /// Every one this CPU runs, widest first.
-    #[cfg(test)]
-    pub(super) fn runnable() -> Vec<Self> {
+    pub fn available() -> Vec<Self> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
@@ -61,12 +46,16 @@ impl Isa {
         all.push(Self::Portable);
         all
     }
+
+    /// The widest this CPU runs.
+    pub fn widest() -> Self {
+        Self::available()[0]
+    }
 }
 
 /// One step over all of `tensors`, in tasks of at most [`TASK`] elements and at least one per
-/// thread where there is enough work, with `isa` (the widest the CPU runs when `None`).
-pub(super) fn step<R: Mirror>(isa: Option<Isa>, step: &Step<'_, R>, tensors: Tensors<'_>) {
-    let isa = isa.unwrap_or_else(Isa::widest);
+/// thread where there is enough work, with `isa` (which the CPU must run).
+pub(super) fn step<R: Mirror>(isa: InstructionSet, step: &Step<'_, R>, tensors: Tensors<'_>) {
     let per_thread = tensors.len().div_ceil(rayon::current_num_threads());
     let task = per_thread.next_multiple_of(BLOCK).clamp(MIN_TASK, TASK);
     let mut tasks = Vec::with_capacity(tensors.len().div_ceil(task));
@@ -78,14 +67,14 @@ pub(super) fn step<R: Mirror>(isa: Option<Isa>, step: &Step<'_, R>, tensors: Ten
     }
     tasks.push(rest);
     tasks.into_par_iter().for_each(|t| match isa {
-        // SAFETY: `Isa::widest` and `Isa::runnable` name an instruction set only when the CPU
-        // has it.
+        // SAFETY: a `CpuOptimizer` holds only an instruction set from
+        // `InstructionSet::available`, which names those the CPU has.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512(step, t) },
+        InstructionSet::Avx512 => unsafe { avx512(step, t) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2(step, t) },
-        Isa::Portable => blocks(step, t),
+        InstructionSet::Avx2 => unsafe { avx2(step, t) },
+        InstructionSet::Portable => blocks(step, t),
     });
 }
 

@@ -16,12 +16,12 @@ mod fast;
 mod rmsprop;
 mod sgd;
 
-pub use fast::TASK as FAST_TASK_ELEMENTS;
+pub use fast::{InstructionSet, TASK as FAST_TASK_ELEMENTS};
 
 use ndarray::{ArrayView1, ArrayViewMut1};
 
+use crate::error::{Error, Result};
 use crate::optim::{Block, MAX_STATE, Mirror, Optimizer, StateSlot, Visit};
-use crate::{Error, Result};
 
 /// Elements per inner loop. Unused state slots are bound to a spare block of this size, as the
 /// GPU binds placeholders, so that every loop runs over slices of one length and needs no
@@ -47,9 +47,8 @@ pub struct CpuOptimizer {
     len: usize,
     step: u64,
     execution: Execution,
-    /// The fast path's instruction set, when a test picks one instead of the widest.
-    #[cfg(test)]
-    isa: Option<fast::Isa>,
+    /// The fast path's instruction set.
+    isa: InstructionSet,
     /// One entry per state binding of the kernel; `None` where the configuration needs none.
     state: Vec<Option<(StateSlot, AlignedVec)>>,
 }
@@ -110,8 +109,7 @@ impl CpuOptimizer {
             len,
             step: 0,
             execution: Execution::Reference,
-            #[cfg(test)]
-            isa: None,
+            isa: InstructionSet::widest(),
             state,
         })
     }
@@ -120,6 +118,20 @@ impl CpuOptimizer {
     pub fn with_execution(mut self, execution: Execution) -> Self {
         self.execution = execution;
         self
+    }
+
+    /// The same optimizer, its fast path ([`Execution::Fast`]) compiled for `isa` instead of
+    /// the widest instruction set the CPU runs (to compare them; the numbers are the same).
+    /// An instruction set the CPU lacks is an error.
+    pub fn with_instruction_set(mut self, isa: InstructionSet) -> Result<Self> {
+        if !InstructionSet::available().contains(&isa) {
+            return Err(Error::InvalidSetting {
+                what: "instruction set".into(),
+                message: format!("this CPU does not run {isa:?}"),
+            });
+        }
+        self.isa = isa;
+        Ok(self)
     }
 
     /// How the steps run.
@@ -182,11 +194,7 @@ impl CpuOptimizer {
             .collect();
         state.resize_with(MAX_STATE, || None);
         let state: [Option<&mut [f32]>; MAX_STATE] = state.try_into().expect("MAX_STATE slots");
-        #[cfg(not(test))]
-        let isa = None;
-        #[cfg(test)]
-        let isa = self.isa;
-        let (step, execution) = (self.step + 1, self.execution);
+        let (step, execution, isa) = (self.step + 1, self.execution, self.isa);
         let run = |param: &mut [f32]| {
             let tensors = Tensors {
                 param,
@@ -231,7 +239,7 @@ struct Run<'a> {
     step: u64,
     lr: f64,
     execution: Execution,
-    isa: Option<fast::Isa>,
+    isa: InstructionSet,
     tensors: Tensors<'a>,
 }
 
@@ -329,62 +337,5 @@ impl<'a> Tensors<'a> {
             });
             rest = tail;
         }
-    }
-}
-
-#[cfg(all(test, feature = "testing"))]
-mod tests {
-    use super::*;
-    use crate::testing::{RandomProblem, schedule, variants};
-
-    /// Every compiled variant of the fast path (AVX-512, AVX2, portable, as the CPU allows)
-    /// gives the reference's bits for every option set; tests/cpu_fast.rs covers only the one
-    /// the machine picks.
-    #[test]
-    fn every_vector_variant_matches_the_reference_bit_for_bit() {
-        let isas = fast::Isa::runnable();
-        for name in Optimizer::NAMES {
-            for config in variants(name).unwrap() {
-                for len in [1, BLOCK + 3, 5 * BLOCK + 17] {
-                    let mut problem = RandomProblem::new(len, 3);
-                    let mut reference = CpuOptimizer::new(config.clone(), len).unwrap();
-                    let mut runs: Vec<(fast::Isa, CpuOptimizer, Vec<f32>)> = isas
-                        .iter()
-                        .map(|&isa| {
-                            let mut opt = CpuOptimizer::new(config.clone(), len)
-                                .unwrap()
-                                .with_execution(Execution::Fast);
-                            opt.isa = Some(isa);
-                            (isa, opt, problem.params.clone())
-                        })
-                        .collect();
-                    let mut expected = problem.params.clone();
-                    for t in 1..=3 {
-                        let g = problem.next_grad();
-                        let lr = schedule(config.lr(), t);
-                        let g = ArrayView1::from(&g[..]);
-                        let p = ArrayViewMut1::from(&mut expected[..]);
-                        reference.step_with_lr(p, g, lr).unwrap();
-                        for (_, opt, params) in &mut runs {
-                            let p = ArrayViewMut1::from(&mut params[..]);
-                            opt.step_with_lr(p, g, lr).unwrap();
-                        }
-                    }
-                    for (isa, opt, params) in &runs {
-                        let same = |a: &[f32], b: &[f32]| {
-                            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-                        };
-                        let what =
-                            format!("{} [{}] {isa:?} at {len}", config.name(), config.describe());
-                        assert!(same(params, &expected), "{what}: params");
-                        for ((n, a), (_, b)) in opt.state().iter().zip(reference.state()) {
-                            let (a, b) = (a.as_slice().unwrap(), b.as_slice().unwrap());
-                            assert!(same(a, b), "{what}: {n}");
-                        }
-                    }
-                }
-            }
-        }
-        assert!(isas.contains(&fast::Isa::Portable));
     }
 }

@@ -197,7 +197,7 @@ pub fn json(report: &BenchReport) -> Result<String> {
 pub fn write(report: &BenchReport, dir: &Path, command: &str) -> Result<Vec<PathBuf>> {
     let io = |path: &Path| {
         let path = path.display().to_string();
-        move |source| Error::Io { path, source }
+        move |source| Error::from(fusedopt::Error::Io { path, source })
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut written = Vec::new();

@@ -668,7 +668,7 @@ const SAMPLES_DENSE: u64 = 200;
 fn write_files(dir: &std::path::Path, report: &DemoReport) -> Result<Vec<PathBuf>> {
     let io = |path: &std::path::Path| {
         let path = path.display().to_string();
-        move |source| Error::Io { path, source }
+        move |source| Error::from(fusedopt::Error::Io { path, source })
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut files = Vec::new();

@@ -24,13 +24,13 @@ fn color(k: usize) -> RGBColor {
     COLORS[k % COLORS.len()]
 }
 
-/// Turns a plotters error into the crate's I/O error for `path`.
+/// Turns a plotters error into the tool's chart error for `path`.
 fn plot_error<E: std::error::Error + Send + Sync>(
     path: &Path,
 ) -> impl Fn(DrawingAreaErrorKind<E>) -> Error + '_ {
-    move |e| Error::Io {
+    move |e| Error::Chart {
         path: path.display().to_string(),
-        source: std::io::Error::other(e.to_string()),
+        message: e.to_string(),
     }
 }
 
