@@ -62,9 +62,10 @@ pub enum Error {
     ForeignBuffer {
         /// Which buffer.
         what: String,
-        /// wgpu's report.
+        /// wgpu's report; none where the buffer is another wgpu instance's, unknown to this
+        /// device's.
         #[source]
-        source: wgpu::Error,
+        source: Option<wgpu::Error>,
     },
     /// A request beyond what the device allows.
     #[error("{what} needs {requested} but the device allows at most {limit} ({limit_name})")]

@@ -363,9 +363,10 @@ impl ModelOptimizer {
         }
     }
 
-    /// Records every group or none: the learning rates are checked before anything is
-    /// recorded, and if a group fails after others were recorded, their counts are set back
-    /// (the encoder then holds an error, so it never runs).
+    /// Records every group or none: what can fail short of the encoder (learning rates,
+    /// scalars) is done for every group before anything is recorded, and if recording then
+    /// fails (a wgpu error, which makes the encoder fail at submission) every group's count is
+    /// set back.
     fn record(
         &mut self,
         gpu: &Gpu,
@@ -384,27 +385,29 @@ impl ModelOptimizer {
             Some(lrs) => lrs.to_vec(),
             None => self.configured_lrs(),
         };
-        for (&g, group) in self.indices.iter().zip(&self.groups) {
-            group.check_lr(lrs[g])?;
+        if timestamps.is_some() {
+            gpu.require_timestamps()?;
         }
+        let staged = self
+            .indices
+            .iter()
+            .zip(&self.groups)
+            .map(|(&g, group)| group.stage(gpu, lrs[g]))
+            .collect::<Result<Vec<_>>>()?;
         let before = self.step_counts();
         let last = self.groups.len().saturating_sub(1);
         let mut failure = None;
-        for (k, (&g, group)) in self.indices.iter().zip(&mut self.groups).enumerate() {
-            let recorded = match &timestamps {
-                Some(t) => {
-                    let writes = wgpu::ComputePassTimestampWrites {
-                        query_set: t.query_set,
-                        beginning_of_pass_write_index: t
-                            .beginning_of_pass_write_index
-                            .filter(|_| k == 0),
-                        end_of_pass_write_index: t.end_of_pass_write_index.filter(|_| k == last),
-                    };
-                    group.record_step_timed(gpu, encoder, lrs[g], writes)
-                }
-                None => group.record_step_with_lr(gpu, encoder, lrs[g]),
-            };
-            if let Err(e) = recorded {
+        for (k, (group, staged)) in self.groups.iter_mut().zip(staged).enumerate() {
+            let writes = timestamps
+                .as_ref()
+                .map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: t.query_set,
+                    beginning_of_pass_write_index: t
+                        .beginning_of_pass_write_index
+                        .filter(|_| k == 0),
+                    end_of_pass_write_index: t.end_of_pass_write_index.filter(|_| k == last),
+                });
+            if let Err(e) = group.commit(gpu, encoder, staged, writes) {
                 failure = Some(e);
                 break;
             }

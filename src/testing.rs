@@ -1,6 +1,7 @@
 //! What tests and tools share, behind the `testing` feature: the policy for GPU tests, the
 //! option sets every kernel is validated under, seeded random problems, the GPU-against-CPU
-//! run behind `fusedopt validate`, and model shapes. Not part of the library's API.
+//! run behind `fusedopt validate`, the repository's trajectories, and model shapes. Not part of
+//! the API a training pipeline uses; the library's tests and the `fusedopt` tool turn it on.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

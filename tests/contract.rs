@@ -98,6 +98,19 @@ fn buffers_of_another_device_are_refused() {
     }
     assert_eq!(here.download(&local_params, 0, 64).unwrap(), [1.0; 64]);
     assert_eq!(there.download(&foreign_params, 0, 64).unwrap(), [2.0; 64]);
+    // A device made for one backend alone is still one of fusedopt's, from the same instance.
+    let options = fusedopt::GpuOptions {
+        backends: wgpu::Backends::from(here.adapter_info().backend),
+        adapter_name: None,
+    };
+    let alone = fusedopt::Gpu::new_with(&options).unwrap();
+    let err = GpuOptimizer::new(&alone, Sgd::default(), &local_params, &local_grads).unwrap_err();
+    assert!(matches!(&err, Error::ForeignBuffer { .. }), "{err:?}");
+    // An optimizer is stepped on the device it was made on, not through another's context.
+    let mut opt = GpuOptimizer::new(&here, Sgd::default(), &local_params, &local_grads).unwrap();
+    let err = opt.step(&there).unwrap_err();
+    assert!(matches!(&err, Error::InvalidSetting { .. }), "{err:?}");
+    assert_eq!(opt.step_count(), 0, "nothing counted");
     // A buffer of this device that is unusable for another reason is not called foreign.
     let destroyed = here.upload("destroyed grads", &[0.5; 64]).unwrap();
     destroyed.destroy();
@@ -257,6 +270,22 @@ fn a_failed_model_step_changes_nothing() {
         &configs,
     )
     .unwrap();
+    // One group's learning rate is refused: nothing is recorded for any group.
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let err = opt
+        .record_step_with_lrs(gpu, &mut encoder, &[1e-2, -1.0])
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidHyperparameter { .. }),
+        "{err:?}"
+    );
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(
+        opt.read_params(gpu).unwrap(),
+        start,
+        "no group was recorded"
+    );
+    // The submission is refused: no group counts the step.
     grads.destroy();
     assert!(
         opt.step(gpu).is_err(),

@@ -4,7 +4,8 @@
 //! optimizers' own descriptions, so a new optimizer is checked here without a line changed.
 
 use fusedopt::Optimizer;
-use fusedopt::kernels::{self, ENTRY_POINT, FIRST_STATE_BINDING, KernelSpec, UNIFORM_BINDING};
+use fusedopt::kernels::{self, ENTRY_POINT, FIRST_STATE_BINDING, UNIFORM_BINDING};
+use fusedopt::optim::KernelSpec;
 use fusedopt::testing::variants;
 use wgpu::naga;
 

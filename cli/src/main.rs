@@ -29,8 +29,8 @@ enum Command {
     /// Run every optimizer under every option combination on the GPU and on the CPU reference
     /// from the same seeded random data, and compare parameters and state after every step.
     Validate {
-        /// Only this optimizer (repeatable): sgd, adagrad, rmsprop, adadelta, adam, adamw.
-        #[arg(long = "optimizer", value_name = "NAME")]
+        /// Only this optimizer (repeatable).
+        #[arg(long = "optimizer", value_name = "NAME", value_parser = optimizer_names())]
         optimizers: Vec<String>,
         /// Elements per tensor.
         #[arg(long, default_value_t = 100_003)]
@@ -49,7 +49,7 @@ enum Command {
     Bench {
         /// Only this optimizer (repeatable); every variant that changes the bytes moved is
         /// measured (momentum, centered, amsgrad).
-        #[arg(long = "optimizer", value_name = "NAME")]
+        #[arg(long = "optimizer", value_name = "NAME", value_parser = optimizer_names())]
         optimizers: Vec<String>,
         /// Parameters per step (repeatable); `2^20` and `1048576` both work. Default: 2^16 to
         /// 2^24, and up to 2^28 on a GPU with the memory.
@@ -280,6 +280,11 @@ fn write_report(
         println!("{line}");
     }
     Ok(())
+}
+
+/// The optimizers the library registers, as the values `--optimizer` takes.
+fn optimizer_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Optimizer::NAMES)
 }
 
 /// `1048576`, `2^20` or `1M`/`1K` (binary multiples).

@@ -1,7 +1,7 @@
 //! Choosing an adapter for a device fusedopt creates: real GPUs first, software adapters last,
-//! each found once per process.
+//! all found once per process.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
@@ -27,33 +27,42 @@ impl GpuOptions {
     }
 }
 
-/// The adapters of the backends, found once per process with one wgpu instance per set of
-/// backends, in fusedopt's order of preference. Every device fusedopt creates comes from them:
-/// wgpu names buffers by an index per instance, so only devices of one instance can tell each
-/// other's buffers apart (and refuse them); and on GL, devices of one adapter share its context
-/// and its lock.
-fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
-    static FOUND: Mutex<Vec<(wgpu::Backends, Vec<wgpu::Adapter>)>> = Mutex::new(Vec::new());
-    let mut found = FOUND.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((_, adapters)) = found.iter().find(|(b, _)| *b == backends) {
-        return adapters.clone();
-    }
-    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    descriptor.backends = backends;
-    // fusedopt never dispatches indirectly; without this flag wgpu caps buffers at 4 GiB.
-    descriptor
-        .flags
-        .remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
-    let instance = wgpu::Instance::new(descriptor);
-    let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
-    adapters.sort_by_key(|a| rank(&a.get_info()));
-    found.push((backends, adapters.clone()));
-    adapters
+/// Every adapter of every backend, found once per process with one wgpu instance, in
+/// fusedopt's order of preference. Every device fusedopt creates comes from them: wgpu names
+/// buffers by an index per instance, so only devices of one instance can tell each other's
+/// buffers apart (and refuse them); and on GL, devices of one adapter share its context and
+/// the lock that guards it.
+fn adapters() -> Vec<wgpu::Adapter> {
+    static FOUND: OnceLock<Vec<wgpu::Adapter>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+            descriptor.backends = wgpu::Backends::all();
+            // fusedopt never dispatches indirectly; without this flag wgpu caps buffers at
+            // 4 GiB.
+            descriptor
+                .flags
+                .remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
+            let instance = wgpu::Instance::new(descriptor);
+            let mut adapters =
+                pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+            adapters.sort_by_key(|a| rank(&a.get_info()));
+            adapters
+        })
+        .clone()
+}
+
+/// The adapters of `backends`, in order of preference.
+fn adapters_of(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    adapters()
+        .into_iter()
+        .filter(|a| backends.contains(wgpu::Backends::from(a.get_info().backend)))
+        .collect()
 }
 
 /// The adapter the options ask for: by name, else the most capable kind.
 pub(super) fn choose(options: &GpuOptions) -> Result<wgpu::Adapter> {
-    let adapters = adapters(options.backends);
+    let adapters = adapters_of(options.backends);
     let names: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
     match &options.adapter_name {
         Some(wanted) => {
@@ -99,7 +108,7 @@ pub fn describe(info: &wgpu::AdapterInfo) -> String {
 
 /// Every adapter wgpu finds for the backends, in fusedopt's order of preference.
 pub fn list(backends: wgpu::Backends) -> Vec<wgpu::AdapterInfo> {
-    adapters(backends)
+    adapters_of(backends)
         .iter()
         .map(wgpu::Adapter::get_info)
         .collect()

@@ -102,11 +102,21 @@ impl BufferSet {
     /// The pieces a [`crate::GpuOptimizer`] steps: these parameters with `grads`, buffer by
     /// buffer. Both sets must have been made for the same length on the same device.
     pub fn pieces<'a>(&'a self, grads: &'a BufferSet) -> Result<Vec<Piece<'a>>> {
-        if grads.len != self.len || grads.per_buffer != self.per_buffer {
+        if grads.len != self.len {
             return Err(Error::LengthMismatch {
                 what: "grads (buffer set)".into(),
                 expected: self.len,
                 got: grads.len,
+            });
+        }
+        if grads.per_buffer != self.per_buffer {
+            return Err(Error::InvalidBuffer {
+                what: "grads (buffer set)".into(),
+                message: format!(
+                    "{} elements per buffer against the parameters' {}: the sets were made \
+                     under different buffer limits",
+                    grads.per_buffer, self.per_buffer
+                ),
             });
         }
         Ok(self

@@ -22,13 +22,11 @@ impl GpuCopy {
     /// Copies `from` into `to` (same length, two buffers; checked like an optimizer's
     /// gradients and parameters).
     pub fn new(gpu: &Gpu, from: BufferRange<'_>, to: BufferRange<'_>) -> Result<Self> {
-        check_pieces(
-            gpu,
-            &[Piece {
-                params: to,
-                grads: from,
-            }],
-        )?;
+        let piece = Piece {
+            params: to,
+            grads: from,
+        };
+        check_pieces(gpu, &[piece], ("to", "from"))?;
         let kernel = gpu.pipelines.get_or_build("copy", &[], || {
             gpu.scoped("building the copy kernel", || Kernel::copy(gpu.device()))
         })?;
@@ -79,6 +77,9 @@ impl GpuCopy {
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
+        if timestamp_writes.is_some() {
+            gpu.require_timestamps()?;
+        }
         gpu.scoped("recording a copy", || {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("fusedopt/copy"),

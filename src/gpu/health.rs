@@ -57,9 +57,30 @@ impl Health {
 impl Gpu {
     /// Runs `f`, which makes wgpu calls on this device, inside out-of-memory, validation and
     /// internal error scopes, and turns what they catch into an `Err` (dropping whatever `f`
-    /// made). `context` says what was being done, for the error.
+    /// made). `context` says what was being done, for the error. A lost device, or an error
+    /// that escaped every scope, fails the call before and after `f`.
     pub fn scoped<T>(&self, context: &str, f: impl FnOnce() -> T) -> Result<T> {
         self.health.check()?;
+        let value = self.capture(context, f)?;
+        self.health.check()?;
+        Ok(value)
+    }
+
+    /// Submits the encoder's commands. An `Err` means they were refused and nothing of them
+    /// runs; anything the device reports after they went out is left to [`Gpu::wait`], so
+    /// that a submission that happened is never reported as refused.
+    pub fn submit(
+        &self,
+        context: &str,
+        encoder: wgpu::CommandEncoder,
+    ) -> Result<wgpu::SubmissionIndex> {
+        self.health.check()?;
+        self.capture(context, || self.queue.submit([encoder.finish()]))
+    }
+
+    /// `f` inside the error scopes, without the health checks: for calls whose effect must
+    /// be counted exactly when wgpu took them.
+    pub(super) fn capture<T>(&self, context: &str, f: impl FnOnce() -> T) -> Result<T> {
         let device = &self.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -80,18 +101,18 @@ impl Gpu {
                 source,
             });
         }
-        self.health.check()?;
         Ok(value)
     }
 
-    /// Submits the encoder's commands. An `Err` means they were refused and nothing of them
-    /// runs.
-    pub fn submit(
-        &self,
-        context: &str,
-        encoder: wgpu::CommandEncoder,
-    ) -> Result<wgpu::SubmissionIndex> {
-        self.scoped(context, || self.queue.submit([encoder.finish()]))
+    /// Fails unless the device has timestamp queries (for timed steps and copies).
+    pub(crate) fn require_timestamps(&self) -> Result<()> {
+        if self.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(());
+        }
+        Err(Error::InvalidSetting {
+            what: "timed pass".into(),
+            message: "timestamps need the TIMESTAMP_QUERY feature, which this device lacks".into(),
+        })
     }
 
     /// Waits until `submission` has run, at most the timeout ([`Gpu::set_timeout`]); a lost

@@ -18,16 +18,18 @@ pub struct DeviceLimits {
     /// Alignment of uniform binding offsets (`min_uniform_buffer_offset_alignment`).
     pub uniform_offset_alignment: u32,
     /// Bytes of one chunk: the largest storage binding, at most [`Self::MAX_CHUNK_ELEMENTS`]
-    /// f32, rounded down to the alignment.
+    /// f32, rounded down to the alignment (0 on a device whose binding limit is below it:
+    /// nothing can be stepped there).
     pub chunk_bytes: u64,
     /// The device's own `max_buffer_size`, above which no setting may go.
     device_max_buffer_bytes: u64,
 }
 
 impl DeviceLimits {
-    /// Most f32 one chunk binds: the kernels index a binding with `u32` and take its length
-    /// from `arrayLength`, so a binding past 16 GiB is cut into chunks like any other.
-    pub const MAX_CHUNK_ELEMENTS: u64 = u32::MAX as u64;
+    /// Most f32 one chunk binds (8 GiB): the kernels index a binding with a `u32` computed
+    /// from a two-dimensional grid, which must not wrap past 2^32 invocations, so a larger
+    /// binding is cut into chunks like any other.
+    pub const MAX_CHUNK_ELEMENTS: u64 = 1 << 31;
 
     /// The limits of a device with `limits`.
     pub fn from_wgpu(limits: &wgpu::Limits) -> Self {
@@ -108,7 +110,8 @@ mod tests {
     use super::*;
 
     /// On a device whose binding limit passes 16 GiB, a chunk still holds no more elements
-    /// than a `u32` counts, so its workgroup count and its indices never truncate.
+    /// than the kernels' `u32` indices reach, so its workgroup grid and its indices never
+    /// wrap or truncate.
     #[test]
     fn chunks_stay_within_u32_indexing_on_any_device() {
         let limits = wgpu::Limits {
@@ -119,10 +122,15 @@ mod tests {
         let device = DeviceLimits::from_wgpu(&limits);
         assert!(device.chunk_elements() <= u64::from(u32::MAX));
         assert_eq!(device.chunk_bytes % 256, 0, "aligned");
-        assert!(crate::kernels::workgroups(device.chunk_elements(), 65535).is_ok());
+        let (x, y) = crate::kernels::workgroups(device.chunk_elements(), 65535).unwrap();
+        let invocations = u64::from(x) * u64::from(y) * u64::from(crate::kernels::WORKGROUP_SIZE);
+        assert!(
+            invocations <= 1 << 32,
+            "{x} x {y} workgroups index without wrapping"
+        );
         let mut lowered = device;
         assert!(
-            lowered.set_chunk_bytes(32 << 30).is_err(),
+            lowered.set_chunk_bytes(16 << 30).is_err(),
             "past u32 indexing"
         );
         lowered.set_chunk_bytes(1 << 20).unwrap();

@@ -28,6 +28,8 @@ struct PieceState {
 /// submission, each with its own scalars.
 #[derive(Debug)]
 pub struct GpuOptimizer {
+    /// The device everything below lives on; calls with a context of another are refused.
+    device: wgpu::Device,
     config: Optimizer,
     kernel: Arc<Kernel>,
     len: usize,
@@ -64,7 +66,7 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        check_pieces(gpu, pieces)?;
+        check_pieces(gpu, pieces, ("params", "grads"))?;
         let kernel = gpu.kernel(&config)?;
         let spec = config.kernel();
         let name = config.name();
@@ -78,24 +80,31 @@ impl GpuOptimizer {
             })
         })?;
 
+        // Per state binding: the state the configuration keeps, or, where it uses none, a
+        // one-element placeholder that the override constants keep the kernel from touching.
+        let bindings = slots
+            .iter()
+            .map(|slot| match slot {
+                Some(slot) => Ok(Binding::State(*slot)),
+                None => gpu.zeros(&format!("{name}/unused"), 1).map(Binding::Unused),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut dispatches = Chunked::default();
         let mut states = Vec::with_capacity(pieces.len());
         for (index, piece) in pieces.iter().enumerate() {
             let (params, grads) = (piece.params, piece.grads);
-            // One buffer per state binding: the piece's own tensor, or, where this
-            // configuration does not use the binding, a one-element placeholder that the
-            // override constants keep the kernel from touching.
-            let bound = slots
+            let bound = bindings
                 .iter()
-                .map(|slot| {
-                    let Some(slot) = slot else {
-                        return Ok((gpu.zeros(&format!("{name}/unused"), 1)?, None));
-                    };
-                    let buffer = gpu.zeros(&format!("{name}/{}#{index}", slot.name), params.len)?;
-                    if slot.init != 0.0 {
-                        gpu.fill(&buffer, 0, params.len as u64, slot.init)?;
+                .map(|binding| match binding {
+                    Binding::State(slot) => {
+                        let label = format!("{name}/{}#{index}", slot.name);
+                        let buffer = gpu.zeros(&label, params.len)?;
+                        if slot.init != 0.0 {
+                            gpu.fill(&buffer, 0, params.len as u64, slot.init)?;
+                        }
+                        Ok((buffer, Some(*slot)))
                     }
-                    Ok((buffer, Some(*slot)))
+                    Binding::Unused(placeholder) => Ok((placeholder.clone(), None)),
                 })
                 .collect::<Result<Vec<_>>>()?;
             gpu.scoped("creating bind groups", || {
@@ -139,6 +148,7 @@ impl GpuOptimizer {
         }
 
         Ok(Self {
+            device: gpu.device().clone(),
             config,
             kernel,
             len: states.iter().map(|p| p.len).sum(),
@@ -202,19 +212,8 @@ impl GpuOptimizer {
         lr: f64,
         timestamps: wgpu::ComputePassTimestampWrites<'_>,
     ) -> Result<()> {
-        if !gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
-            return Err(Error::InvalidSetting {
-                what: "timed step".into(),
-                message: "timestamps need the TIMESTAMP_QUERY feature, which this device lacks"
-                    .into(),
-            });
-        }
+        gpu.require_timestamps()?;
         self.record(gpu, encoder, lr, Some(timestamps))
-    }
-
-    /// Fails unless `lr` is a learning rate this optimizer accepts.
-    pub(crate) fn check_lr(&self, lr: f64) -> Result<()> {
-        crate::optim::non_negative(self.config.name(), "lr", lr)
     }
 
     fn record(
@@ -224,13 +223,18 @@ impl GpuOptimizer {
         lr: f64,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
-        self.check_lr(lr)?;
+        let staged = self.stage(gpu, lr)?;
+        self.commit(gpu, encoder, staged, timestamp_writes)
+    }
+
+    /// Everything of the next step that can fail short of the encoder: the learning rate is
+    /// checked and the scalars are written into a buffer of their own. Nothing is recorded.
+    pub(crate) fn stage(&self, gpu: &Gpu, lr: f64) -> Result<StagedStep> {
+        self.check_device(gpu)?;
+        crate::optim::non_negative(self.config.name(), "lr", lr)?;
         let step = self.step + 1;
         let scalars = self.config.uniform(step, lr);
-        gpu.scoped("recording an optimizer step", || {
-            // The scalars travel in the encoder, ahead of the pass that reads them: a queue
-            // write would land before the whole submission and be overwritten by the next
-            // step recorded into it.
+        let source = gpu.scoped("writing a step's scalars", || {
             let source = gpu.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("fusedopt/step scalars"),
                 size: self.uniform.size(),
@@ -245,16 +249,34 @@ impl GpuOptimizer {
                 })?
                 .copy_from_slice(scalars.as_bytes());
             source.unmap();
-            encoder.copy_buffer_to_buffer(&source, 0, &self.uniform, 0, self.uniform.size());
+            Ok(source)
+        })??;
+        Ok(StagedStep { step, source })
+    }
+
+    /// Records a staged step: the copy of its scalars into the uniform, then the pass. The
+    /// scalars travel in the encoder, ahead of the pass that reads them (a queue write would
+    /// land before the whole submission, and the next step recorded would overwrite it). An
+    /// error here is a wgpu error inside the encoder, which then fails at submission; without
+    /// one the step is counted, since it is in the encoder.
+    pub(crate) fn commit(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        staged: StagedStep,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        gpu.capture("recording an optimizer step", || {
+            let size = self.uniform.size();
+            encoder.copy_buffer_to_buffer(&staged.source, 0, &self.uniform, 0, size);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(self.config.name()),
                 timestamp_writes,
             });
             pass.set_pipeline(&self.kernel.pipeline);
             self.dispatches.record(&mut pass);
-            Ok(())
-        })??;
-        self.step = step;
+        })?;
+        self.step = staged.step;
         Ok(())
     }
 
@@ -280,6 +302,20 @@ impl GpuOptimizer {
         gpu.wait(submission)
     }
 
+    /// Fails unless `gpu` is a context on the device this optimizer was made on.
+    fn check_device(&self, gpu: &Gpu) -> Result<()> {
+        if gpu.device() == &self.device {
+            return Ok(());
+        }
+        Err(Error::InvalidSetting {
+            what: "device context".into(),
+            message: format!(
+                "the {} optimizer was made on another device than this context's",
+                self.config.name()
+            ),
+        })
+    }
+
     /// Sets the step count back, for a caller that knows the steps since did not run.
     pub(crate) fn rewind(&mut self, step: u64) {
         self.step = step;
@@ -287,6 +323,7 @@ impl GpuOptimizer {
 
     /// Reads the parameters back (all pieces, in order).
     pub fn read_params(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.check_device(gpu)?;
         let mut out = Vec::with_capacity(self.len);
         for piece in &self.pieces {
             out.extend(gpu.download(&piece.params, piece.offset, piece.len)?);
@@ -297,6 +334,7 @@ impl GpuOptimizer {
     /// Reads every state tensor back (all pieces, in order), by PyTorch's state name, in
     /// binding order.
     pub fn read_state(&self, gpu: &Gpu) -> Result<Vec<(&'static str, Vec<f32>)>> {
+        self.check_device(gpu)?;
         let slots = self.pieces.first().map_or(0, |p| p.state.len());
         (0..slots)
             .map(|k| {
@@ -308,6 +346,21 @@ impl GpuOptimizer {
             })
             .collect()
     }
+}
+
+/// What a state binding of the kernel is bound to.
+enum Binding {
+    /// A state tensor, allocated per piece.
+    State(StateSlot),
+    /// The optimizer's one-element placeholder.
+    Unused(wgpu::Buffer),
+}
+
+/// The scalars of one step in a buffer of their own, not yet recorded.
+#[derive(Debug)]
+pub(crate) struct StagedStep {
+    step: u64,
+    source: wgpu::Buffer,
 }
 
 fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {

@@ -3,6 +3,7 @@
 //! the buffer belongs to, and ranges that alias or overlap.
 
 use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -42,7 +43,7 @@ impl<'a> From<&'a wgpu::Buffer> for BufferRange<'a> {
 }
 
 /// One buffer's share of a parameter set: parameters and their gradients, of equal length.
-/// A set larger than `max_buffer_size` (or than 4 GiB) is several pieces, stepped together by
+/// A set larger than the device's `max_buffer_size` is several pieces, stepped together by
 /// one [`crate::GpuOptimizer`] ([`crate::GpuOptimizer::with_pieces`], [`crate::BufferSet`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Piece<'a> {
@@ -55,42 +56,46 @@ pub struct Piece<'a> {
 /// Checks the pieces of one parameter set: every range usable on `gpu`, gradients as long as
 /// their parameters, no two ranges of a piece in one buffer, and no range overlapping a
 /// parameter range of another piece (it would be stepped twice, or read while written).
-pub(crate) fn check_pieces(gpu: &Gpu, pieces: &[Piece<'_>]) -> Result<()> {
+/// `names` calls the two ranges in errors (`params` and `grads` for an optimizer).
+pub(crate) fn check_pieces(
+    gpu: &Gpu,
+    pieces: &[Piece<'_>],
+    (written, read): (&str, &str),
+) -> Result<()> {
     if pieces.is_empty() {
         return Err(Error::InvalidBuffer {
-            what: "params".into(),
+            what: written.into(),
             message: "a parameter set needs at least one piece".into(),
         });
     }
     for piece in pieces {
-        check_range(gpu, "params", &piece.params)?;
-        check_range(gpu, "grads", &piece.grads)?;
+        check_range(gpu, written, &piece.params)?;
+        check_range(gpu, read, &piece.grads)?;
         if piece.grads.len != piece.params.len {
             return Err(Error::LengthMismatch {
-                what: "grads".into(),
+                what: read.into(),
                 expected: piece.params.len,
                 got: piece.grads.len,
             });
         }
     }
-    check_device(gpu, pieces)?;
+    check_device(gpu, pieces, (written, read))?;
     for (k, piece) in pieces.iter().enumerate() {
         // One dispatch binds both as storage, read-write and read-only: wgpu refuses that for
         // one buffer even where the ranges are disjoint.
         if piece.params.buffer == piece.grads.buffer {
             return Err(Error::InvalidBuffer {
-                what: "grads".into(),
+                what: read.into(),
                 message: format!(
-                    "piece {k}: parameters and gradients are in the same buffer; \
-                     they need two buffers"
+                    "piece {k}: {written} and {read} are in the same buffer; they need two"
                 ),
             });
         }
         for (j, other) in pieces.iter().enumerate().skip(k + 1) {
             for (what, a, b) in [
-                ("params", &piece.params, &other.params),
-                ("grads", &piece.grads, &other.params),
-                ("params", &piece.params, &other.grads),
+                (written, &piece.params, &other.params),
+                (read, &piece.grads, &other.params),
+                (written, &piece.params, &other.grads),
             ] {
                 if overlap(a, b) {
                     return Err(Error::InvalidBuffer {
@@ -140,9 +145,11 @@ fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>) -> Result<()> {
 }
 
 /// Binds each buffer once on `gpu`, so that wgpu names one of another device before anything
-/// is made of it. (wgpu can tell only devices of one instance apart: fusedopt's own devices
-/// share one; a borrowed device's buffers must come from that device.)
-fn check_device(gpu: &Gpu, pieces: &[Piece<'_>]) -> Result<()> {
+/// is made of it. wgpu names buffers by an index per instance: among devices of one instance
+/// (all of fusedopt's own) it tells each device's buffers apart; a buffer of another instance
+/// may be unknown to this one (wgpu panics, caught here) or share its index with one of this
+/// device's, which no check can see.
+fn check_device(gpu: &Gpu, pieces: &[Piece<'_>], (written, read): (&str, &str)) -> Result<()> {
     let layout = gpu.scoped("checking buffers", || {
         gpu.device()
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -152,27 +159,32 @@ fn check_device(gpu: &Gpu, pieces: &[Piece<'_>]) -> Result<()> {
     })?;
     let ranges = pieces
         .iter()
-        .flat_map(|p| [("params", p.params), ("grads", p.grads)]);
+        .flat_map(|p| [(written, p.params), (read, p.grads)]);
     for (what, range) in ranges {
-        let probe = gpu.scoped("checking buffers", || {
-            gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("fusedopt/device check"),
-                layout: &layout,
-                entries: &[wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: crate::kernels::elements(range.buffer, 0, 1),
-                }],
+        let probe = catch_unwind(AssertUnwindSafe(|| {
+            gpu.scoped("checking buffers", || {
+                gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("fusedopt/device check"),
+                    layout: &layout,
+                    entries: &[wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: crate::kernels::elements(range.buffer, 0, 1),
+                    }],
+                })
             })
-        });
+        }));
+        let foreign = |source| Error::ForeignBuffer {
+            what: what.into(),
+            source,
+        };
         match probe {
-            Ok(_) => {}
-            Err(Error::Wgpu { source, .. }) if is_device_mismatch(&source) => {
-                return Err(Error::ForeignBuffer {
-                    what: what.into(),
-                    source,
-                });
+            Ok(Ok(_)) => {}
+            Ok(Err(Error::Wgpu { source, .. })) if is_device_mismatch(&source) => {
+                return Err(foreign(Some(source)));
             }
-            Err(e) => return Err(e),
+            Ok(Err(e)) => return Err(e),
+            // This instance has no buffer of that index: the buffer is another instance's.
+            Err(_) => return Err(foreign(None)),
         }
     }
     Ok(())

@@ -6,19 +6,21 @@ use super::{Kernel, WORKGROUP_SIZE};
 use crate::error::{Error, Result};
 
 /// Workgroup counts `(x, y)` covering `len` elements with at most `max_per_dimension` groups
-/// along x, as `element_index` in `common.wgsl` expects. Counts that do not fit the device are
-/// an error, never truncated.
+/// along x, as `element_index` in `common.wgsl` expects. A grid that does not fit the device,
+/// or whose `u32` invocation index would wrap past 2^32, is an error, never truncated.
 pub fn workgroups(len: u64, max_per_dimension: u32) -> Result<(u32, u32)> {
     let groups = len.div_ceil(u64::from(WORKGROUP_SIZE));
     let x = groups.min(u64::from(max_per_dimension)).max(1);
     let y = groups.div_ceil(x).max(1);
+    let indexable = x * y * u64::from(WORKGROUP_SIZE) <= 1 << 32;
     match (u32::try_from(x), u32::try_from(y)) {
-        (Ok(x), Ok(y)) if y <= max_per_dimension => Ok((x, y)),
+        (Ok(x), Ok(y)) if y <= max_per_dimension && indexable => Ok((x, y)),
         _ => Err(Error::LimitExceeded {
             what: format!("a dispatch over {len} elements"),
             requested: groups,
-            limit: u64::from(max_per_dimension) * u64::from(max_per_dimension),
-            limit_name: "max_compute_workgroups_per_dimension (squared)",
+            limit: (u64::from(max_per_dimension) * u64::from(max_per_dimension))
+                .min((1 << 32) / u64::from(WORKGROUP_SIZE)),
+            limit_name: "max_compute_workgroups_per_dimension (squared), and 2^32 invocations",
         }),
     }
 }
@@ -57,6 +59,14 @@ impl Chunked {
         grid: Grid,
         mut entries: impl FnMut(u64, u64) -> Vec<wgpu::BindGroupEntry<'a>>,
     ) -> Result<()> {
+        if grid.chunk_elements == 0 {
+            return Err(Error::LimitExceeded {
+                what: format!("a dispatch over {len} elements"),
+                requested: 4,
+                limit: 0,
+                limit_name: "max_storage_buffer_binding_size (aligned)",
+            });
+        }
         let mut start = 0;
         while start < len {
             let n = (len - start).min(grid.chunk_elements);
@@ -97,7 +107,7 @@ mod tests {
             (256, 65535),
             (257, 65535),
             (300_000_000, 65535),
-            (u64::from(u32::MAX), 65535),
+            (1 << 31, 65535),
             (10_000, 7),
         ] {
             let (x, y) = workgroups(len, max).unwrap();
@@ -115,6 +125,9 @@ mod tests {
     fn counts_that_do_not_fit_are_errors_not_truncated() {
         // 2^40 elements need 2^32 workgroups: more than 65535 x 65535.
         assert!(workgroups(1 << 40, 65535).is_err());
+        // 2^32 - 64 elements fit a 65535 x 257 grid, whose 4.31 G invocations would wrap a
+        // u32 index.
+        assert!(workgroups((1 << 32) - 64, 65535).is_err());
         assert!(workgroups(10_000, 2).is_err(), "40 groups in a 2 x 2 grid");
     }
 }

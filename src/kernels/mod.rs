@@ -13,7 +13,7 @@ pub(crate) use cache::PipelineCache;
 pub use dispatch::workgroups;
 pub(crate) use dispatch::{Chunked, Grid};
 
-pub use crate::optim::KernelSpec;
+use crate::optim::KernelSpec;
 
 /// WGSL shared by every kernel: bindings 1 and 2, indexing and the common update pieces.
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");

@@ -96,7 +96,8 @@ pub(crate) trait Visit {
     fn visit<R: Mirror>(self, config: &R) -> Self::Output;
 }
 
-/// Most state tensors a kernel binds.
+/// Most state tensors a kernel binds (a test holds every kernel to it; raise it for one that
+/// binds more).
 pub(crate) const MAX_STATE: usize = 3;
 
 /// At most a few thousand elements of parameters, gradients and every state slot, all the same
@@ -113,16 +114,12 @@ impl<'a> Block<'a> {
     #[inline(always)]
     pub(crate) fn parts(self) -> (&'a mut [f32], &'a [f32], [&'a mut [f32]; MAX_STATE]) {
         let n = self.param.len();
-        let [s0, s1, s2] = self.state;
-        (
-            self.param,
-            &self.grad[..n],
-            [&mut s0[..n], &mut s1[..n], &mut s2[..n]],
-        )
+        let state = self.state.map(|s| &mut s[..n]);
+        (self.param, &self.grad[..n], state)
     }
 }
 
-/// The bytes of one step's uniform struct, without a heap allocation on the step path.
+/// The bytes of one step's uniform struct, held inline (no host allocation per step).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct UniformBlock {
     bytes: [u8; Self::CAPACITY],

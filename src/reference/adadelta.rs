@@ -8,7 +8,7 @@ impl Mirror for Adadelta {
 
     #[inline(always)]
     fn update(&self, hp: &AdadeltaScalars, block: Block<'_>) {
-        let (param, grad, [square_avg, acc_delta, _]) = block.parts();
+        let (param, grad, [square_avg, acc_delta, ..]) = block.parts();
         // The kernel's override constants (and whether weight decay applies), as compile-time
         // constants of one copy of the loop each.
         let maximize = self.maximize;

@@ -8,7 +8,7 @@ impl Mirror for Adagrad {
 
     #[inline(always)]
     fn update(&self, hp: &AdagradScalars, block: Block<'_>) {
-        let (param, grad, [state_sum, _, _]) = block.parts();
+        let (param, grad, [state_sum, ..]) = block.parts();
         // The kernel's override constants (and whether weight decay applies), as compile-time
         // constants of one copy of the loop each.
         let maximize = self.maximize;

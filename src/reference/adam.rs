@@ -8,7 +8,7 @@ impl Mirror for Adam {
 
     #[inline(always)]
     fn update(&self, hp: &AdamScalars, block: Block<'_>) {
-        let (param, grad, [exp_avg, exp_avg_sq, max_exp_avg_sq]) = block.parts();
+        let (param, grad, [exp_avg, exp_avg_sq, max_exp_avg_sq, ..]) = block.parts();
         // The kernel's override constants (and whether weight decay applies), as compile-time
         // constants of one copy of the loop each.
         let maximize = self.maximize;

@@ -292,8 +292,8 @@ impl<'a> Tensors<'a> {
     fn split_at(self, n: usize) -> (Tensors<'a>, Tensors<'a>) {
         let (p0, p1) = self.param.split_at_mut(n);
         let (g0, g1) = self.grad.split_at(n);
-        let mut head = [None, None, None];
-        let mut tail = [None, None, None];
+        let mut head: [Option<&'a mut [f32]>; MAX_STATE] = Default::default();
+        let mut tail: [Option<&'a mut [f32]>; MAX_STATE] = Default::default();
         for (k, slot) in self.state.into_iter().enumerate() {
             if let Some(s) = slot {
                 let (s0, s1) = s.split_at_mut(n);
@@ -324,16 +324,14 @@ impl<'a> Tensors<'a> {
         while rest.len() > 0 {
             let n = rest.len().min(BLOCK);
             let (head, tail) = rest.split_at(n);
-            let [s0, s1, s2] = &mut spare;
-            let [h0, h1, h2] = head.state;
+            let mut state = head.state;
+            for (own, spare) in state.iter_mut().zip(&mut spare) {
+                own.get_or_insert(&mut spare[..n]);
+            }
             step.apply(Block {
                 param: head.param,
                 grad: head.grad,
-                state: [
-                    h0.unwrap_or(&mut s0[..n]),
-                    h1.unwrap_or(&mut s1[..n]),
-                    h2.unwrap_or(&mut s2[..n]),
-                ],
+                state: state.map(Option::unwrap_or_default),
             });
             rest = tail;
         }

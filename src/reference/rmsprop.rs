@@ -8,7 +8,7 @@ impl Mirror for Rmsprop {
 
     #[inline(always)]
     fn update(&self, hp: &RmspropScalars, block: Block<'_>) {
-        let (param, grad, [square_avg, grad_avg, momentum_buffer]) = block.parts();
+        let (param, grad, [square_avg, grad_avg, momentum_buffer, ..]) = block.parts();
         // The kernel's override constants (and whether weight decay applies), as compile-time
         // constants of one copy of the loop each.
         let maximize = self.maximize;

@@ -8,7 +8,7 @@ impl Mirror for Sgd {
 
     #[inline(always)]
     fn update(&self, hp: &SgdScalars, block: Block<'_>) {
-        let (param, grad, [momentum_buffer, _, _]) = block.parts();
+        let (param, grad, [momentum_buffer, ..]) = block.parts();
         // The kernel's override constants (and whether weight decay applies), as compile-time
         // constants of one copy of the loop each.
         let maximize = self.maximize;
