@@ -322,6 +322,10 @@ impl ModelOptimizer {
     /// Takes one step with learning rate `lrs[g]` for group `g` and waits for it. A step that
     /// could not be recorded or submitted changes no step count; one that was submitted is
     /// counted in every group even if the wait fails, since the GPU runs it anyway.
+    ///
+    /// The `record_step*` methods count the steps they record into the caller's encoder; if
+    /// the caller's submission is refused, it sets the counts back
+    /// ([`Self::set_step_count`]).
     pub fn step_with_lrs(&mut self, gpu: &Gpu, lrs: &[f64]) -> Result<()> {
         let mut encoder = gpu
             .device()
@@ -353,20 +357,27 @@ impl ModelOptimizer {
         lrs
     }
 
+    /// Sets every group's step count (see [`GpuOptimizer::set_step_count`]).
+    pub fn set_step_count(&mut self, step: u64) {
+        for group in &mut self.groups {
+            group.set_step_count(step);
+        }
+    }
+
     fn step_counts(&self) -> Vec<u64> {
         self.groups.iter().map(GpuOptimizer::step_count).collect()
     }
 
     fn rewind(&mut self, counts: &[u64]) {
         for (group, &count) in self.groups.iter_mut().zip(counts) {
-            group.rewind(count);
+            group.set_step_count(count);
         }
     }
 
     /// Records every group or none: what can fail short of the encoder (learning rates,
-    /// scalars) is done for every group before anything is recorded, and if recording then
-    /// fails (a wgpu error, which makes the encoder fail at submission) every group's count is
-    /// set back.
+    /// scalars, the device's health) is done for every group before anything is recorded; an
+    /// error wgpu reported at once while recording would have made the encoder invalid, so
+    /// then every group's count is set back.
     fn record(
         &mut self,
         gpu: &Gpu,
@@ -398,6 +409,8 @@ impl ModelOptimizer {
         let last = self.groups.len().saturating_sub(1);
         let mut failure = None;
         for (k, (group, staged)) in self.groups.iter_mut().zip(staged).enumerate() {
+            // The first group's pass starts the clock and the last one's stops it; the passes
+            // between write none (wgpu refuses timestamp writes without an index).
             let writes = timestamps
                 .as_ref()
                 .map(|t| wgpu::ComputePassTimestampWrites {
@@ -406,6 +419,9 @@ impl ModelOptimizer {
                         .beginning_of_pass_write_index
                         .filter(|_| k == 0),
                     end_of_pass_write_index: t.end_of_pass_write_index.filter(|_| k == last),
+                })
+                .filter(|w| {
+                    w.beginning_of_pass_write_index.is_some() || w.end_of_pass_write_index.is_some()
                 });
             if let Err(e) = group.commit(gpu, encoder, staged, writes) {
                 failure = Some(e);

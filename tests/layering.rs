@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// The library's modules, each with the modules it must never name, lowest layer first.
-const FORBIDDEN: [(&str, &[&str]); 6] = [
+const FORBIDDEN: [(&str, &[&str]); 8] = [
     (
         "error.rs",
         &[
@@ -42,6 +42,8 @@ const FORBIDDEN: [(&str, &[&str]); 6] = [
         &["reference", "gpu", "model", "golden", "testing"],
     ),
     ("gpu", &["reference", "model", "golden", "testing"]),
+    ("model.rs", &["reference", "golden", "testing"]),
+    ("golden.rs", &["model", "testing"]),
 ];
 
 fn rust_files(path: &Path) -> Vec<PathBuf> {
@@ -55,6 +57,55 @@ fn rust_files(path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The first segment of every path a file's code takes from the crate root: `crate::gpu::X`
+/// and each item of `use crate::{gpu::X, optim}` (comments left out: they may point upward).
+fn crate_paths(text: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let first_segment = |path: &str| {
+        path.trim()
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        match rest.strip_prefix('{') {
+            Some(list) => {
+                // Items up to the matching brace, split at the commas of the outer level.
+                let (mut depth, mut item) = (0, String::new());
+                for c in list.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => out.push(first_segment(&std::mem::take(&mut item))),
+                        _ => {}
+                    }
+                    if !(c == ',' && depth == 0) {
+                        item.push(c);
+                    }
+                }
+                out.push(first_segment(&item));
+            }
+            None => out.push(first_segment(rest)),
+        }
+    }
+    out.retain(|name| !name.is_empty());
+    out
+}
+
+#[test]
+fn crate_paths_are_read_from_lists_and_across_lines() {
+    let text = "use crate::{\n    error::{Error, Result},\n    gpu::Gpu, // crate::model\n};\nlet x = crate::optim::f();";
+    assert_eq!(crate_paths(text), ["error", "gpu", "optim"]);
+}
+
 #[test]
 fn each_layer_names_only_the_layers_below_it() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -63,20 +114,17 @@ fn each_layer_names_only_the_layers_below_it() {
         assert!(!files.is_empty(), "{module} exists");
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
-            // Code only: comments may point upward ("implemented in crate::reference").
-            let code = text
-                .lines()
-                .enumerate()
-                .filter(|(_, line)| !line.trim_start().starts_with("//"));
-            for (n, line) in code {
-                for other in forbidden {
-                    assert!(
-                        !line.contains(&format!("crate::{other}")),
-                        "{}:{}: {module} names {other}, a layer above it: {line}",
-                        file.display(),
-                        n + 1
-                    );
-                }
+            assert!(
+                !text.contains("super::super"),
+                "{}: a path past its parent",
+                file.display()
+            );
+            for name in crate_paths(&text) {
+                assert!(
+                    !forbidden.contains(&name.as_str()),
+                    "{}: {module} names {name}, a layer above it",
+                    file.display()
+                );
             }
         }
     }

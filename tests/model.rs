@@ -154,3 +154,71 @@ fn segments_are_aligned_grouped_and_disjoint() {
     assert_eq!(layout.params(), params);
     assert!(layout.len() < params + 148 * 64);
 }
+
+/// A timed step of a model with three groups writes the clock at the start of the first
+/// group's pass and the end of the last one's, and none in between: the submission goes
+/// through and the two timestamps bracket the step.
+#[test]
+fn a_timed_step_of_three_groups_brackets_all_of_them() {
+    let Some(gpu) = common::gpu() else { return };
+    let tensors = [
+        TensorSpec::new("w", &[100, 4]),
+        TensorSpec::new("b", &[100]),
+        TensorSpec::new("scale", &[50]),
+    ];
+    let group = |t: &TensorSpec| match t.name.as_str() {
+        "w" => 0,
+        "b" => 1,
+        _ => 2,
+    };
+    let layout = ModelLayout::new(&tensors, 3, group, ModelLayout::device_alignment(gpu)).unwrap();
+    let start: Vec<f32> = (0..layout.len()).map(|i| (i % 7) as f32 - 3.0).collect();
+    let params = gpu.upload("timed/params", &start).unwrap();
+    let grads = gpu.upload("timed/grads", &vec![0.5; layout.len()]).unwrap();
+    let configs = vec![Optimizer::from(Adam::adamw()); 3];
+    let whole = BufferRange::whole;
+    let mut model =
+        ModelOptimizer::new(gpu, layout, whole(&params), whole(&grads), &configs).unwrap();
+    let device = gpu.device();
+    let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("timed/queries"),
+        ty: wgpu::QueryType::Timestamp,
+        count: 2,
+    });
+    let writes = wgpu::ComputePassTimestampWrites {
+        query_set: &queries,
+        beginning_of_pass_write_index: Some(0),
+        end_of_pass_write_index: Some(1),
+    };
+    let mut encoder = device.create_command_encoder(&Default::default());
+    if !gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+        let err = model
+            .record_step_timed(gpu, &mut encoder, writes)
+            .unwrap_err();
+        assert!(
+            matches!(err, fusedopt::Error::InvalidSetting { .. }),
+            "{err}"
+        );
+        return;
+    }
+    let resolved = gpu.zeros("timed/resolved", 4).unwrap();
+    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("timed/resolve"),
+        size: 16,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    model.record_step_timed(gpu, &mut encoder, writes).unwrap();
+    encoder.resolve_query_set(&queries, 0..2, &resolve, 0);
+    encoder.copy_buffer_to_buffer(&resolve, 0, &resolved, 0, 16);
+    gpu.submit_and_wait("a timed model step", encoder).unwrap();
+    let words = gpu.download(&resolved, 0, 4).unwrap();
+    let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&words);
+    assert!(
+        ticks[1] >= ticks[0],
+        "the clock stops after it starts: {ticks:?}"
+    );
+    let counts: Vec<u64> = model.groups().iter().map(|g| g.step_count()).collect();
+    assert_eq!(counts, [1, 1, 1], "every group stepped once");
+    assert_ne!(model.read_params(gpu).unwrap(), start, "the step ran");
+}

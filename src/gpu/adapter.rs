@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 /// Which adapter [`crate::Gpu::new_with`] picks.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
-    /// Backends to consider (wgpu's `WGPU_BACKEND`: `vulkan`, `metal`, `dx12`, `gl`).
+    /// Backends to consider (wgpu's `WGPU_BACKEND`: `vulkan`, `metal`, `dx12`, `gl`), among
+    /// those the environment's `WGPU_BACKEND` lets the process start.
     pub backends: wgpu::Backends,
     /// Pick the first adapter whose name contains this (case-insensitive), like wgpu's
     /// `WGPU_ADAPTER_NAME`. Without it, real GPUs come first and software adapters last.
@@ -27,25 +28,26 @@ impl GpuOptions {
     }
 }
 
-/// Every adapter of every backend, found once per process with one wgpu instance, in
-/// fusedopt's order of preference. Every device fusedopt creates comes from them: wgpu names
-/// buffers by an index per instance, so only devices of one instance can tell each other's
-/// buffers apart (and refuse them); and on GL, devices of one adapter share its context and
-/// the lock that guards it.
+/// Every adapter of the backends `WGPU_BACKEND` allows (all without it), found once per
+/// process with one wgpu instance, in fusedopt's order of preference. Every device fusedopt
+/// creates comes from them: wgpu names buffers by an index per instance, so only devices of one
+/// instance can tell each other's buffers apart (and refuse them); and on GL, devices of one
+/// adapter share its context and the lock that guards it. Backends outside `WGPU_BACKEND` are
+/// never started, so it still keeps a backend whose start fails out of the process.
 fn adapters() -> Vec<wgpu::Adapter> {
     static FOUND: OnceLock<Vec<wgpu::Adapter>> = OnceLock::new();
     FOUND
         .get_or_init(|| {
+            // WGPU_BACKEND and wgpu's other settings, from the environment.
             let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-            descriptor.backends = wgpu::Backends::all();
             // fusedopt never dispatches indirectly; without this flag wgpu caps buffers at
             // 4 GiB.
             descriptor
                 .flags
                 .remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
+            let backends = descriptor.backends;
             let instance = wgpu::Instance::new(descriptor);
-            let mut adapters =
-                pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+            let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
             adapters.sort_by_key(|a| rank(&a.get_info()));
             adapters
         })

@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use super::Gpu;
 use super::range::{BufferRange, Piece, check_pieces};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::{Chunked, GRAD_BINDING, Kernel, PARAM_BINDING, elements};
 
 /// A copy kernel bound to a source and a target range, recorded as one compute pass.
 #[derive(Debug)]
 pub struct GpuCopy {
+    /// The device the copy's bind groups live on.
+    device: wgpu::Device,
     kernel: Arc<Kernel>,
     dispatches: Chunked,
     len: usize,
@@ -53,6 +55,7 @@ impl GpuCopy {
             )
         })??;
         Ok(Self {
+            device: gpu.device().clone(),
             kernel,
             dispatches,
             len: to.len,
@@ -77,10 +80,17 @@ impl GpuCopy {
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
+        if gpu.device() != &self.device {
+            return Err(Error::InvalidSetting {
+                what: "device context".into(),
+                message: "the copy was made on another device than this context's".into(),
+            });
+        }
         if timestamp_writes.is_some() {
             gpu.require_timestamps()?;
         }
-        gpu.scoped("recording a copy", || {
+        gpu.check_health()?;
+        gpu.capture("recording a copy", || {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("fusedopt/copy"),
                 timestamp_writes,

@@ -78,8 +78,9 @@ impl Gpu {
         self.capture(context, || self.queue.submit([encoder.finish()]))
     }
 
-    /// `f` inside the error scopes, without the health checks: for calls whose effect must
-    /// be counted exactly when wgpu took them.
+    /// `f` inside the error scopes, without the health checks: for calls whose effect (a
+    /// submission, commands in an encoder) has happened once `f` ran, so that an error from
+    /// elsewhere is not taken for theirs. Callers check the health before.
     pub(super) fn capture<T>(&self, context: &str, f: impl FnOnce() -> T) -> Result<T> {
         let device = &self.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -102,6 +103,11 @@ impl Gpu {
             });
         }
         Ok(value)
+    }
+
+    /// Fails if the device was lost or an error escaped every scope.
+    pub(super) fn check_health(&self) -> Result<()> {
+        self.health.check()
     }
 
     /// Fails unless the device has timestamp queries (for timed steps and copies).

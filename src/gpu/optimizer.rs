@@ -174,10 +174,19 @@ impl GpuOptimizer {
         self.len == 0
     }
 
-    /// Steps taken so far (PyTorch's `state['step']`): every step recorded without an error,
-    /// whether or not the caller has submitted it yet.
+    /// Steps taken so far (PyTorch's `state['step']`): every step recorded into an encoder,
+    /// whether or not the caller has submitted it yet. [`Self::step`] takes back a step whose
+    /// submission is refused; a caller that submits its own encoders does so with
+    /// [`Self::set_step_count`].
     pub fn step_count(&self) -> u64 {
         self.step
+    }
+
+    /// Sets the step count: the next step is `step + 1`, with that step's bias corrections
+    /// and schedule terms. For a caller whose own submission of recorded steps was refused
+    /// (the steps did not run), or that restores an optimizer's state.
+    pub fn set_step_count(&mut self, step: u64) {
+        self.step = step;
     }
 
     /// Dispatches per step (one per chunk of the largest storage binding).
@@ -191,8 +200,9 @@ impl GpuOptimizer {
     }
 
     /// Records one step at learning rate `lr` (a schedule's value) into the caller's encoder.
-    /// On an `Err` the step is not counted, and what was recorded (if anything) makes the
-    /// encoder fail at submission, so it never runs.
+    /// On an `Err` nothing is recorded and the step is not counted. wgpu reports an error
+    /// inside an encoder when it is submitted: if the caller's submission is refused, the
+    /// steps in it did not run, and the caller sets the count back ([`Self::set_step_count`]).
     pub fn record_step_with_lr(
         &mut self,
         gpu: &Gpu,
@@ -254,11 +264,12 @@ impl GpuOptimizer {
         Ok(StagedStep { step, source })
     }
 
-    /// Records a staged step: the copy of its scalars into the uniform, then the pass. The
-    /// scalars travel in the encoder, ahead of the pass that reads them (a queue write would
-    /// land before the whole submission, and the next step recorded would overwrite it). An
-    /// error here is a wgpu error inside the encoder, which then fails at submission; without
-    /// one the step is counted, since it is in the encoder.
+    /// Records a staged step: the copy of its scalars into the uniform, then the pass, and
+    /// counts it. The scalars travel in the encoder, ahead of the pass that reads them (a
+    /// queue write would land before the whole submission, and the next step recorded would
+    /// overwrite it). The device's health was checked when the step was staged. wgpu keeps
+    /// errors inside an encoder until it is submitted; one it reported at once here would
+    /// have made the encoder invalid, and fails the call uncounted.
     pub(crate) fn commit(
         &mut self,
         gpu: &Gpu,
@@ -314,11 +325,6 @@ impl GpuOptimizer {
                 self.config.name()
             ),
         })
-    }
-
-    /// Sets the step count back, for a caller that knows the steps since did not run.
-    pub(crate) fn rewind(&mut self, step: u64) {
-        self.step = step;
     }
 
     /// Reads the parameters back (all pieces, in order).

@@ -147,8 +147,8 @@ fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>) -> Result<()> {
 /// Binds each buffer once on `gpu`, so that wgpu names one of another device before anything
 /// is made of it. wgpu names buffers by an index per instance: among devices of one instance
 /// (all of fusedopt's own) it tells each device's buffers apart; a buffer of another instance
-/// may be unknown to this one (wgpu panics, caught here) or share its index with one of this
-/// device's, which no check can see.
+/// may be unknown to this one (wgpu panics, caught here, though not in a program built with
+/// `panic = "abort"`) or share its index with one of this device's, which no check can see.
 fn check_device(gpu: &Gpu, pieces: &[Piece<'_>], (written, read): (&str, &str)) -> Result<()> {
     let layout = gpu.scoped("checking buffers", || {
         gpu.device()
