@@ -31,12 +31,8 @@ override AMSGRAD: bool = false;
 @group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
 @group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<f32>;
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(gid, nwg);
-    if i >= arrayLength(&param) {
-        return;
-    }
+/// One element's update; `step` in common.wgsl calls it for every index of the binding.
+fn update(i: u32) {
     let p = param[i] * hp.decay_factor;
     let g = effective_grad(grad[i], p, hp.weight_decay);
     let m = torch_lerp(exp_avg[i], g, hp.one_minus_beta1, hp.lerp_complement);

@@ -1,5 +1,6 @@
 // Shared by every optimizer kernel. Each kernel is compiled as this file followed by its own
-// (`src/kernels/mod.rs`), so everything here is in scope there.
+// (`src/kernels/mod.rs`), so everything here is in scope there, and the kernel's file in turn
+// defines `fn update(i: u32)`, the update of element `i`, which the one entry point below calls.
 //
 // Binding layout of every kernel (derived from the optimizer's KernelSpec in
 // `src/kernels/mod.rs`):
@@ -9,8 +10,12 @@
 // The element count is the length of the bound parameter range, so a chunk of a larger buffer
 // needs no extra uniform.
 
-/// Threads per workgroup; the host dispatches ceil(len / WORKGROUP_SIZE) workgroups in 2-D.
+/// Threads per workgroup (the host's `LaunchShape`).
 override WORKGROUP_SIZE: u32 = 256u;
+/// Elements each invocation updates per round, `WORKGROUP_SIZE` apart, so that a workgroup
+/// covers `WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION` consecutive elements and each of an
+/// invocation's loads is coalesced with its neighbours' and independent of its other loads.
+override ELEMENTS_PER_INVOCATION: u32 = 1u;
 /// PyTorch's `maximize`: ascend instead of descend by negating the gradient first.
 override MAXIMIZE: bool = false;
 /// Put eps inside the square root (`g / sqrt(s + eps)`, optax) instead of PyTorch's
@@ -20,10 +25,36 @@ override EPS_IN_SQRT: bool = false;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 
-/// Index of this invocation's element. Dispatches are 2-D because one dimension holds at most
-/// 65535 workgroups; rows are `num_workgroups.x` workgroups wide.
-fn element_index(gid: vec3<u32>, num_workgroups: vec3<u32>) -> u32 {
-    return gid.x + gid.y * num_workgroups.x * WORKGROUP_SIZE;
+/// The entry point of every kernel. Workgroups are numbered row by row over a 2-D grid (one
+/// dimension holds at most 65535); workgroup `w` starts at element `w * width` and, when the
+/// grid covers less than the binding, strides on by the whole grid's width (a grid-stride loop).
+/// The host keeps the grid's elements per round (`stride`) below 2^32, and the loop stops
+/// before a step past the binding, so no index wraps.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn step(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let n = arrayLength(&param);
+    let width = WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION;
+    let stride = nwg.x * nwg.y * width;
+    var first = (wid.x + wid.y * nwg.x) * width + lid;
+    loop {
+        if first >= n {
+            break;
+        }
+        for (var k = 0u; k < ELEMENTS_PER_INVOCATION; k++) {
+            let i = first + k * WORKGROUP_SIZE;
+            if i < n {
+                update(i);
+            }
+        }
+        if stride >= n - first {
+            break;
+        }
+        first += stride;
+    }
 }
 
 /// The gradient the update sees: negated under `maximize`, plus coupled (L2) weight decay

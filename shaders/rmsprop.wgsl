@@ -24,12 +24,8 @@ override HAS_MOMENTUM: bool = false;
 @group(0) @binding(4) var<storage, read_write> grad_avg: array<f32>;
 @group(0) @binding(5) var<storage, read_write> momentum_buffer: array<f32>;
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(gid, nwg);
-    if i >= arrayLength(&param) {
-        return;
-    }
+/// One element's update; `step` in common.wgsl calls it for every index of the binding.
+fn update(i: u32) {
     let p = param[i];
     let g = effective_grad(grad[i], p, hp.weight_decay);
     let v = square_avg[i] * hp.alpha + hp.one_minus_alpha * g * g;

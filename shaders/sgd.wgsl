@@ -20,12 +20,8 @@ override NESTEROV: bool = false;
 @group(0) @binding(0) var<uniform> hp: SgdScalars;
 @group(0) @binding(3) var<storage, read_write> momentum_buffer: array<f32>;
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(gid, nwg);
-    if i >= arrayLength(&param) {
-        return;
-    }
+/// One element's update; `step` in common.wgsl calls it for every index of the binding.
+fn update(i: u32) {
     let p = param[i];
     var d = effective_grad(grad[i], p, hp.weight_decay);
     if HAS_MOMENTUM {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use fusedopt::kernels::LaunchShape;
 use fusedopt::testing::{RandomProblem, gpu_against_cpu, schedule, variants};
 use fusedopt::{
     Adagrad, Adam, BufferRange, CpuOptimizer, Gpu, GpuOptimizer, Optimizer, Rmsprop, Sgd, Tolerance,
@@ -308,4 +309,88 @@ fn a_different_update_is_detected() {
     .unwrap();
     let stats = common::compare(&opt.read_params(gpu).unwrap(), &expected);
     assert!(!stats.passed(), "eps placement must be visible: {stats:?}");
+}
+
+/// Launch shapes are a tuning knob only: wider workgroups, several elements per invocation, a
+/// capped grid that strides over the range (down to one invocation doing everything), and
+/// chunked ranges under each, all give bit for bit what the default shape gives, and that
+/// matches the CPU reference. Poisoned state would show any element no invocation updated.
+#[test]
+fn every_launch_shape_gives_the_same_numbers() {
+    let Some(mut gpu) = common::own_gpu() else {
+        return;
+    };
+    let shape = |workgroup_size, elements_per_invocation, max_workgroups| LaunchShape {
+        workgroup_size,
+        elements_per_invocation,
+        max_workgroups,
+    };
+    let shapes = [
+        shape(64, 4, None),
+        shape(32, 3, Some(5)),
+        shape(256, 16, None),
+        shape(128, 2, Some(1)),
+        shape(1, 1, Some(1)),
+    ];
+    let run = |gpu: &Gpu, config: &Optimizer, size: usize| -> Vec<Vec<f32>> {
+        let mut problem = RandomProblem::new(size, 21);
+        let params = gpu.upload("params", &problem.params).unwrap();
+        let grads = gpu.zeros("grads", size).unwrap();
+        let mut opt = GpuOptimizer::new(gpu, config.clone(), &params, &grads).unwrap();
+        for t in 1..=2 {
+            gpu.write(&grads, 0, &problem.next_grad()).unwrap();
+            opt.step_with_lr(gpu, schedule(config.lr(), t)).unwrap();
+        }
+        let mut out = vec![opt.read_params(gpu).unwrap()];
+        out.extend(opt.read_state(gpu).unwrap().into_iter().map(|(_, s)| s));
+        out
+    };
+    let sizes = [1usize, 257, 5000, 3 * 16384 + 777];
+    for config in common::fullest_configs() {
+        gpu.set_launch_shape(LaunchShape::default()).unwrap();
+        let expected: Vec<_> = sizes.iter().map(|&n| run(&gpu, &config, n)).collect();
+        for (n, want) in sizes.iter().zip(&expected) {
+            let report = gpu_against_cpu(&gpu, &config, *n, 2, 21, &Tolerance::F32).unwrap();
+            assert!(report.overall().passed(), "{} default shape", config.name());
+            assert_eq!(want.len(), 1 + config.state_names().len());
+        }
+        for shape in shapes {
+            gpu.set_launch_shape(shape).unwrap();
+            for chunk_bytes in [None, Some(64 << 10)] {
+                let mut chunked = Gpu::from_device(gpu.device().clone(), gpu.queue().clone());
+                chunked.set_launch_shape(shape).unwrap();
+                if let Some(bytes) = chunk_bytes {
+                    chunked.set_max_chunk_bytes(bytes).unwrap();
+                }
+                for (&n, want) in sizes.iter().zip(&expected) {
+                    let got = run(&chunked, &config, n);
+                    assert!(
+                        got.iter()
+                            .flatten()
+                            .map(|x| x.to_bits())
+                            .eq(want.iter().flatten().map(|x| x.to_bits())),
+                        "{} size {n}, {shape:?}, chunks {chunk_bytes:?}: differs from the default shape",
+                        config.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_launch_shape_the_device_cannot_run_is_refused_and_changes_nothing() {
+    let Some(mut gpu) = common::own_gpu() else {
+        return;
+    };
+    let most = gpu.device().limits().max_compute_invocations_per_workgroup;
+    let bad = LaunchShape {
+        workgroup_size: most + 1,
+        ..LaunchShape::default()
+    };
+    assert!(matches!(
+        gpu.set_launch_shape(bad),
+        Err(fusedopt::Error::InvalidSetting { .. })
+    ));
+    assert_eq!(gpu.launch_shape(), LaunchShape::default());
 }

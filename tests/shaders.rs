@@ -4,7 +4,7 @@
 //! optimizers' own descriptions, so a new optimizer is checked here without a line changed.
 
 use fusedopt::Optimizer;
-use fusedopt::kernels::{self, ENTRY_POINT, FIRST_STATE_BINDING, UNIFORM_BINDING};
+use fusedopt::kernels::{self, ENTRY_POINT, FIRST_STATE_BINDING, LaunchShape, UNIFORM_BINDING};
 use fusedopt::optim::KernelSpec;
 use fusedopt::testing::variants;
 use wgpu::naga;
@@ -154,11 +154,8 @@ fn every_override_the_host_sets_exists() {
             .iter()
             .filter_map(|(_, o)| o.name.clone())
             .collect();
-        assert!(
-            declared.contains(&"WORKGROUP_SIZE".to_string()),
-            "WORKGROUP_SIZE"
-        );
-        for (key, _) in config.overrides() {
+        let launch = LaunchShape::default().overrides();
+        for (key, _) in config.overrides().into_iter().chain(launch) {
             assert!(
                 declared.iter().any(|d| d == key),
                 "{}: override {key} not declared",

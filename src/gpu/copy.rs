@@ -29,8 +29,11 @@ impl GpuCopy {
             grads: from,
         };
         check_pieces(gpu, &[piece], ("to", "from"))?;
-        let kernel = gpu.pipelines.get_or_build("copy", &[], || {
-            gpu.scoped("building the copy kernel", || Kernel::copy(gpu.device()))
+        let overrides = gpu.launch_shape().overrides();
+        let kernel = gpu.pipelines.get_or_build("copy", &overrides, || {
+            gpu.scoped("building the copy kernel", || {
+                Kernel::copy(gpu.device(), &overrides)
+            })
         })?;
         let mut dispatches = Chunked::default();
         gpu.scoped("creating the copy's bind groups", || {
@@ -39,7 +42,7 @@ impl GpuCopy {
                 &kernel,
                 "copy",
                 to.len as u64,
-                gpu.limits().grid(),
+                gpu.grid(),
                 |start, n| {
                     vec![
                         wgpu::BindGroupEntry {

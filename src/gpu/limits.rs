@@ -2,7 +2,7 @@
 //! reach the multi-chunk and multi-buffer paths on small data.
 
 use crate::error::{Error, Result};
-use crate::kernels::Grid;
+use crate::kernels::{Grid, LaunchShape};
 
 /// The limits fusedopt works within, read from the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,11 +53,12 @@ impl DeviceLimits {
         self.chunk_bytes / 4
     }
 
-    /// How ranges are cut into dispatches.
-    pub(crate) fn grid(&self) -> Grid {
+    /// How ranges are cut into dispatches of kernels in `shape`.
+    pub(crate) fn grid(&self, shape: LaunchShape) -> Grid {
         Grid {
             chunk_elements: self.chunk_elements(),
             max_per_dimension: self.max_workgroups_per_dimension,
+            shape,
         }
     }
 
@@ -122,10 +123,11 @@ mod tests {
         let device = DeviceLimits::from_wgpu(&limits);
         assert!(device.chunk_elements() <= u64::from(u32::MAX));
         assert_eq!(device.chunk_bytes % 256, 0, "aligned");
-        let (x, y) = crate::kernels::workgroups(device.chunk_elements(), 65535).unwrap();
-        let invocations = u64::from(x) * u64::from(y) * u64::from(crate::kernels::WORKGROUP_SIZE);
+        let shape = LaunchShape::default();
+        let (x, y) = crate::kernels::workgroups(device.chunk_elements(), shape, 65535).unwrap();
+        let covered = u64::from(x) * u64::from(y) * shape.elements_per_workgroup();
         assert!(
-            invocations <= 1 << 32,
+            covered < 1 << 32,
             "{x} x {y} workgroups index without wrapping"
         );
         let mut lowered = device;

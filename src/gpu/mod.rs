@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, PipelineCache};
+use crate::kernels::{Grid, Kernel, LaunchShape, PipelineCache};
 use crate::optim::Optimizer;
 use health::Health;
 
@@ -45,6 +45,8 @@ pub struct Gpu {
     /// Device-local memory, where known (see [`Gpu::device_memory`]).
     memory: Option<u64>,
     limits: DeviceLimits,
+    /// How kernels built on this context cover their ranges.
+    launch: LaunchShape,
     health: Health,
     pipelines: PipelineCache,
     timeout: Duration,
@@ -110,6 +112,7 @@ impl Gpu {
             info,
             adapter_features: None,
             memory: None,
+            launch: LaunchShape::default(),
             health: Health::default(),
             pipelines: PipelineCache::default(),
             timeout: DEFAULT_TIMEOUT,
@@ -168,15 +171,36 @@ impl Gpu {
         self.limits.set_buffer_bytes(bytes)
     }
 
+    /// How the kernels of optimizers and copies created afterwards cover their ranges (threads
+    /// per workgroup, elements per invocation, a cap on workgroups): a tuning knob that never
+    /// changes a result. Fails, changing nothing, on a shape the device cannot run.
+    pub fn set_launch_shape(&mut self, shape: LaunchShape) -> Result<()> {
+        shape.check(&self.device.limits())?;
+        self.launch = shape;
+        Ok(())
+    }
+
+    /// The launch shape of kernels created now (see [`Gpu::set_launch_shape`]).
+    pub fn launch_shape(&self) -> LaunchShape {
+        self.launch
+    }
+
+    /// How ranges are cut into dispatches on this context now.
+    pub(crate) fn grid(&self) -> Grid {
+        self.limits.grid(self.launch)
+    }
+
     /// How long a wait for the GPU may take before it fails with [`Error::Timeout`].
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
 
-    /// The kernel of `config`, compiled on this device once per set of override values.
+    /// The kernel of `config` in the current launch shape, compiled on this device once per set
+    /// of override values.
     pub(crate) fn kernel(&self, config: &Optimizer) -> Result<Arc<Kernel>> {
         let spec = config.kernel();
-        let overrides = config.overrides();
+        let mut overrides = config.overrides();
+        overrides.extend(self.launch.overrides());
         self.pipelines.get_or_build(spec.name, &overrides, || {
             self.scoped(&format!("building the {} kernel", spec.name), || {
                 Kernel::for_optimizer(&self.device, spec, &overrides)

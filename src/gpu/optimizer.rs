@@ -113,7 +113,7 @@ impl GpuOptimizer {
                     &kernel,
                     &format!("{name}#{index}"),
                     params.len as u64,
-                    gpu.limits().grid(),
+                    gpu.grid(),
                     |start, n| {
                         let mut entries = vec![
                             entry(UNIFORM_BINDING, uniform.as_entire_binding()),

@@ -2,25 +2,107 @@
 //! storage binding, two-dimensional workgroup grids past the per-dimension limit. Written once
 //! for every kernel (optimizers and the copy roofline).
 
-use super::{Kernel, WORKGROUP_SIZE};
+use super::Kernel;
 use crate::error::{Error, Result};
 
-/// Workgroup counts `(x, y)` covering `len` elements with at most `max_per_dimension` groups
-/// along x, as `element_index` in `common.wgsl` expects. A grid that does not fit the device,
-/// or whose `u32` invocation index would wrap past 2^32, is an error, never truncated.
-pub fn workgroups(len: u64, max_per_dimension: u32) -> Result<(u32, u32)> {
-    let groups = len.div_ceil(u64::from(WORKGROUP_SIZE));
+/// How a kernel's invocations cover a range: threads per workgroup, elements per invocation,
+/// and optionally a cap on workgroups per dispatch (then each invocation strides over the
+/// range). Tuning it never changes a number: every element gets the same update in the same
+/// operation order, whichever invocation runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LaunchShape {
+    /// Threads per workgroup (`WORKGROUP_SIZE` in `common.wgsl`).
+    pub workgroup_size: u32,
+    /// Elements one invocation updates per round, `workgroup_size` apart
+    /// (`ELEMENTS_PER_INVOCATION`), at most [`LaunchShape::MAX_ELEMENTS_PER_INVOCATION`].
+    pub elements_per_invocation: u32,
+    /// Most workgroups per dispatch; `None` launches enough to cover the range in one round.
+    pub max_workgroups: Option<u32>,
+}
+
+impl Default for LaunchShape {
+    /// 256 threads, one element each, one round.
+    fn default() -> Self {
+        Self {
+            workgroup_size: 256,
+            elements_per_invocation: 1,
+            max_workgroups: None,
+        }
+    }
+}
+
+impl LaunchShape {
+    /// Most elements per invocation: the loop over them is unrolled by the driver.
+    pub const MAX_ELEMENTS_PER_INVOCATION: u32 = 16;
+
+    /// Elements a workgroup covers per round.
+    pub fn elements_per_workgroup(&self) -> u64 {
+        u64::from(self.workgroup_size) * u64::from(self.elements_per_invocation)
+    }
+
+    /// The override constants of `common.wgsl` this shape sets.
+    pub fn overrides(&self) -> [(&'static str, f64); 2] {
+        [
+            ("WORKGROUP_SIZE", f64::from(self.workgroup_size)),
+            (
+                "ELEMENTS_PER_INVOCATION",
+                f64::from(self.elements_per_invocation),
+            ),
+        ]
+    }
+
+    /// Fails unless the shape can run on a device with `limits`.
+    pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
+        let most_threads = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        let fault = if !(1..=most_threads).contains(&self.workgroup_size) {
+            Some(format!(
+                "{} threads per workgroup: the device runs 1 to {most_threads}",
+                self.workgroup_size
+            ))
+        } else if !(1..=Self::MAX_ELEMENTS_PER_INVOCATION).contains(&self.elements_per_invocation) {
+            Some(format!(
+                "{} elements per invocation: 1 to {}",
+                self.elements_per_invocation,
+                Self::MAX_ELEMENTS_PER_INVOCATION
+            ))
+        } else if self.max_workgroups == Some(0) {
+            Some("at most 0 workgroups: a dispatch needs one".into())
+        } else {
+            None
+        };
+        match fault {
+            Some(message) => Err(Error::InvalidSetting {
+                what: "launch shape".into(),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Workgroup counts `(x, y)` covering `len` elements with `shape`, at most `max_per_dimension`
+/// groups along x, as `step` in `common.wgsl` numbers them. The grid's elements per round stay
+/// below 2^32, so the kernel's `u32` indices never wrap; a grid that cannot keep to that or to
+/// the device's limit is an error, never truncated.
+pub fn workgroups(len: u64, shape: LaunchShape, max_per_dimension: u32) -> Result<(u32, u32)> {
+    let width = shape.elements_per_workgroup().max(1);
+    let needed = len.div_ceil(width);
+    let groups = shape
+        .max_workgroups
+        .map_or(needed, |most| needed.min(u64::from(most)));
     let x = groups.min(u64::from(max_per_dimension)).max(1);
     let y = groups.div_ceil(x).max(1);
-    let indexable = x * y * u64::from(WORKGROUP_SIZE) <= 1 << 32;
+    let indexable = x * y * width < 1 << 32;
     match (u32::try_from(x), u32::try_from(y)) {
         (Ok(x), Ok(y)) if y <= max_per_dimension && indexable => Ok((x, y)),
         _ => Err(Error::LimitExceeded {
             what: format!("a dispatch over {len} elements"),
             requested: groups,
             limit: (u64::from(max_per_dimension) * u64::from(max_per_dimension))
-                .min((1 << 32) / u64::from(WORKGROUP_SIZE)),
-            limit_name: "max_compute_workgroups_per_dimension (squared), and 2^32 invocations",
+                .min(((1 << 32) - 1) / width),
+            limit_name: "max_compute_workgroups_per_dimension (squared), and 2^32 elements per round",
         }),
     }
 }
@@ -32,6 +114,8 @@ pub(crate) struct Grid {
     pub(crate) chunk_elements: u64,
     /// `max_compute_workgroups_per_dimension`.
     pub(crate) max_per_dimension: u32,
+    /// How the kernel's invocations cover a chunk.
+    pub(crate) shape: LaunchShape,
 }
 
 /// One dispatch: a bind group over one chunk of every tensor, and its workgroup counts.
@@ -70,7 +154,7 @@ impl Chunked {
         let mut start = 0;
         while start < len {
             let n = (len - start).min(grid.chunk_elements);
-            let groups = workgroups(n, grid.max_per_dimension)?;
+            let groups = workgroups(n, grid.shape, grid.max_per_dimension)?;
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(&format!("{label}@{start}")),
                 layout: &kernel.layout,
@@ -100,34 +184,91 @@ impl Chunked {
 mod tests {
     use super::*;
 
+    /// Elements the grid `(x, y)` of `shape` covers in one round.
+    fn covered(x: u32, y: u32, shape: LaunchShape) -> u64 {
+        u64::from(x) * u64::from(y) * shape.elements_per_workgroup()
+    }
+
     #[test]
     fn workgroups_cover_every_element_in_two_dimensions() {
-        for (len, max) in [
-            (1, 65535),
-            (256, 65535),
-            (257, 65535),
-            (300_000_000, 65535),
-            (1 << 31, 65535),
-            (10_000, 7),
+        for shape in [
+            LaunchShape::default(),
+            shape(64, 4, None),
+            shape(1024, 16, None),
         ] {
-            let (x, y) = workgroups(len, max).unwrap();
-            assert!(x <= max && y <= max, "within the limit for {len}");
-            let threads = u64::from(x) * u64::from(y) * u64::from(WORKGROUP_SIZE);
-            assert!(threads >= len, "{len} elements covered by {x}x{y} groups");
-            assert!(
-                threads < len + u64::from(x) * u64::from(WORKGROUP_SIZE),
-                "at most one partial row for {len}"
-            );
+            for (len, max) in [
+                (1, 65535),
+                (256, 65535),
+                (257, 65535),
+                (300_000_000, 65535),
+                (1 << 31, 65535),
+                (10_000, 7),
+            ] {
+                let (x, y) = workgroups(len, shape, max).unwrap();
+                assert!(x <= max && y <= max, "within the limit for {len}");
+                let covered = covered(x, y, shape);
+                assert!(covered >= len, "{len} elements covered by {x}x{y} groups");
+                assert!(
+                    covered < len + u64::from(x) * shape.elements_per_workgroup(),
+                    "at most one partial row for {len}"
+                );
+                assert!(covered < 1 << 32, "indices stay in u32");
+            }
         }
     }
 
     #[test]
+    fn a_capped_grid_strides_and_stays_within_its_cap() {
+        let capped = shape(128, 2, Some(1000));
+        assert_eq!(workgroups(1 << 31, capped, 65535).unwrap(), (1000, 1));
+        assert_eq!(
+            workgroups(300, capped, 65535).unwrap(),
+            (2, 1),
+            "fewer needed"
+        );
+        let (x, y) = workgroups(1 << 31, shape(128, 2, Some(100_000)), 65535).unwrap();
+        assert!(u64::from(x) * u64::from(y) >= 100_000 && y == 2, "{x}x{y}");
+    }
+
+    #[test]
     fn counts_that_do_not_fit_are_errors_not_truncated() {
+        let shape = LaunchShape::default();
         // 2^40 elements need 2^32 workgroups: more than 65535 x 65535.
-        assert!(workgroups(1 << 40, 65535).is_err());
+        assert!(workgroups(1 << 40, shape, 65535).is_err());
         // 2^32 - 64 elements fit a 65535 x 257 grid, whose 4.31 G invocations would wrap a
         // u32 index.
-        assert!(workgroups((1 << 32) - 64, 65535).is_err());
-        assert!(workgroups(10_000, 2).is_err(), "40 groups in a 2 x 2 grid");
+        assert!(workgroups((1 << 32) - 64, shape, 65535).is_err());
+        assert!(
+            workgroups(10_000, shape, 2).is_err(),
+            "40 groups in a 2 x 2 grid"
+        );
+    }
+
+    /// A launch shape of `workgroup_size` threads, `elements` per invocation, at most `most`
+    /// workgroups.
+    fn shape(workgroup_size: u32, elements: u32, most: Option<u32>) -> LaunchShape {
+        LaunchShape {
+            workgroup_size,
+            elements_per_invocation: elements,
+            max_workgroups: most,
+        }
+    }
+
+    #[test]
+    fn shapes_a_device_cannot_run_are_refused() {
+        let limits = wgpu::Limits::default();
+        assert!(LaunchShape::default().check(&limits).is_ok());
+        for shape in [
+            shape(0, 1, None),
+            shape(4096, 1, None),
+            shape(256, 0, None),
+            shape(256, 17, None),
+            shape(256, 1, Some(0)),
+        ] {
+            assert!(
+                matches!(shape.check(&limits), Err(Error::InvalidSetting { .. })),
+                "{shape:?}"
+            );
+        }
     }
 }

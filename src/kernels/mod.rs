@@ -10,8 +10,8 @@ mod dispatch;
 use std::num::NonZeroU64;
 
 pub(crate) use cache::PipelineCache;
-pub use dispatch::workgroups;
 pub(crate) use dispatch::{Chunked, Grid};
+pub use dispatch::{LaunchShape, workgroups};
 
 use crate::optim::KernelSpec;
 
@@ -23,9 +23,6 @@ pub const COPY_WGSL: &str = include_str!("../../shaders/copy.wgsl");
 
 /// Name of every kernel's entry point.
 pub const ENTRY_POINT: &str = "step";
-
-/// Threads per workgroup, set through the `WORKGROUP_SIZE` override.
-pub const WORKGROUP_SIZE: u32 = 256;
 
 /// Binding of the uniform of per-step scalars.
 pub const UNIFORM_BINDING: u32 = 0;
@@ -58,14 +55,13 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
-    /// The kernel `spec` describes, with the given override constants (plus `WORKGROUP_SIZE`).
+    /// The kernel `spec` describes, with the given override constants (the optimizer's and
+    /// the [`LaunchShape`]'s).
     pub(crate) fn for_optimizer(
         device: &wgpu::Device,
         spec: &KernelSpec,
-        overrides: &[(&'static str, f64)],
+        constants: &[(&'static str, f64)],
     ) -> Self {
-        let mut constants = overrides.to_vec();
-        constants.push(("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)));
         let uniform = wgpu::BindGroupLayoutEntry {
             binding: UNIFORM_BINDING,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -86,17 +82,17 @@ impl Kernel {
                 .take(spec.state.len())
                 .map(|binding| storage_entry(binding, false)),
         );
-        Self::compile(device, spec.name, &source(spec), &entries, &constants)
+        Self::compile(device, spec.name, &source(spec), &entries, constants)
     }
 
-    /// The copy kernel of the bandwidth roofline: bindings 1 and 2 only.
-    pub(crate) fn copy(device: &wgpu::Device) -> Self {
+    /// The copy kernel of the bandwidth roofline: bindings 1 and 2 only, with the
+    /// [`LaunchShape`]'s override constants.
+    pub(crate) fn copy(device: &wgpu::Device, constants: &[(&'static str, f64)]) -> Self {
         let entries = [
             storage_entry(PARAM_BINDING, false),
             storage_entry(GRAD_BINDING, true),
         ];
-        let constants = [("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE))];
-        Self::compile(device, "copy", &copy_source(), &entries, &constants)
+        Self::compile(device, "copy", &copy_source(), &entries, constants)
     }
 
     /// Compiles `source` against an explicit layout of one bind group.
