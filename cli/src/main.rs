@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fusedopt::kernels::LaunchShape;
 use fusedopt::testing::{gpu_against_cpu, variants};
 use fusedopt::{ErrorStats, Gpu, Optimizer, Tolerance, golden::Trajectory, gpu::describe_adapter};
 use fusedopt_cli::bench::{self, BenchOptions, BenchReport, Implementation};
@@ -43,6 +44,8 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         tolerance: ToleranceArgs,
+        #[command(flatten)]
+        launch: LaunchArgs,
     },
     /// Measure step throughput of the CPU reference, the fast CPU path and the GPU kernel,
     /// against the copy bandwidth of each device (the roofline).
@@ -78,6 +81,8 @@ enum Command {
         /// framework benchmarks do); by default small sizes rotate over several sets.
         #[arg(long)]
         no_rotation: bool,
+        #[command(flatten)]
+        launch: LaunchArgs,
     },
     /// The lecture notes' experiments through the GPU kernels: the imbalanced quadratic (gradient
     /// descent against Adagrad and the others, measured speed-up beside the predicted one) and
@@ -104,6 +109,8 @@ enum Command {
         cpu_only: bool,
         #[command(flatten)]
         tolerance: ToleranceArgs,
+        #[command(flatten)]
+        launch: LaunchArgs,
     },
 }
 
@@ -116,6 +123,34 @@ struct ToleranceArgs {
     /// Relative tolerance.
     #[arg(long, default_value_t = Tolerance::F32.rel)]
     rtol: f64,
+}
+
+/// How the GPU kernels cover their ranges (a tuning knob: the numbers never change).
+#[derive(clap::Args, Debug)]
+struct LaunchArgs {
+    /// Threads per workgroup.
+    #[arg(long, default_value_t = LaunchShape::default().workgroup_size, value_name = "N")]
+    workgroup_size: u32,
+    /// Elements each invocation updates per round, a workgroup apart.
+    #[arg(long, default_value_t = LaunchShape::default().elements_per_invocation, value_name = "N")]
+    elements_per_invocation: u32,
+    /// Cap the workgroups of a dispatch; each invocation then loops over the range
+    /// (grid-stride). Default: enough workgroups to cover it in one round.
+    #[arg(long, value_name = "N")]
+    max_workgroups: Option<u32>,
+}
+
+impl LaunchArgs {
+    /// A device context on the best adapter with this launch shape.
+    fn gpu(&self) -> Result<Gpu> {
+        let mut gpu = Gpu::new()?;
+        gpu.set_launch_shape(LaunchShape {
+            workgroup_size: self.workgroup_size,
+            elements_per_invocation: self.elements_per_invocation,
+            max_workgroups: self.max_workgroups,
+        })?;
+        Ok(gpu)
+    }
 }
 
 impl ToleranceArgs {
@@ -141,8 +176,9 @@ fn main() -> ExitCode {
             cpu_only,
             time_per_point,
             no_rotation,
+            launch,
         }) => (|| {
-            let gpu = if cpu_only { None } else { Some(Gpu::new()?) };
+            let gpu = if cpu_only { None } else { Some(launch.gpu()?) };
             let mut options = BenchOptions::defaults(&optimizers, gpu.as_ref())?;
             if !sizes.is_empty() {
                 options.sizes = sizes;
@@ -188,12 +224,19 @@ fn main() -> ExitCode {
             steps,
             seed,
             tolerance,
-        }) => validate(&optimizers, size, steps, seed, &tolerance.tolerance()),
+            launch,
+        }) => launch
+            .gpu()
+            .and_then(|gpu| validate(&gpu, &optimizers, size, steps, seed, &tolerance.tolerance())),
         Some(Command::Check {
             files,
             cpu_only,
             tolerance,
-        }) => check(&files, cpu_only, &tolerance.tolerance()),
+            launch,
+        }) => (|| {
+            let gpu = if cpu_only { None } else { Some(launch.gpu()?) };
+            check(gpu.as_ref(), &files, &tolerance.tolerance())
+        })(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -212,9 +255,9 @@ const DEFAULT_REPORT_DIR: &str = "fusedopt-report";
 /// written to [`DEFAULT_REPORT_DIR`]. A validation failure is reported and fails the run, but
 /// the benchmark still runs so the numbers can be looked at.
 fn main_job() -> Result<bool> {
-    let valid = validate(&[], 100_003, 3, 0, &Tolerance::F32)?;
-    println!();
     let gpu = Gpu::new()?;
+    let valid = validate(&gpu, &[], 100_003, 3, 0, &Tolerance::F32)?;
+    println!();
     let options = BenchOptions::defaults(&[], Some(&gpu))?;
     println!(
         "bench: {} cases × {} sizes × {} implementations (`fusedopt bench --help` for options)",
@@ -448,6 +491,7 @@ fn print_largest_models(gpu: &Gpu) -> Result<()> {
 }
 
 fn validate(
+    gpu: &Gpu,
     optimizers: &[String],
     size: usize,
     steps: u64,
@@ -459,11 +503,16 @@ fn validate(
     } else {
         optimizers.to_vec()
     };
-    let gpu = Gpu::new()?;
+    let shape = gpu.launch_shape();
     println!(
-        "validate: GPU ({}) against the CPU reference, {size} elements, {steps} steps, seed {seed}, \
+        "validate: GPU ({}; {} threads per workgroup, {} elements per invocation{}) against the CPU reference, {size} elements, {steps} steps, seed {seed}, \
          tolerance {} + {}·|ref|",
         describe_adapter(gpu.adapter_info()),
+        shape.workgroup_size,
+        shape.elements_per_invocation,
+        shape
+            .max_workgroups
+            .map_or(String::new(), |m| format!(", at most {m} workgroups")),
         tol.abs,
         tol.rel
     );
@@ -475,7 +524,7 @@ fn validate(
     let mut cases = 0;
     for name in &names {
         for config in variants(name)? {
-            let report = gpu_against_cpu(&gpu, &config, size, steps, seed, tol)?;
+            let report = gpu_against_cpu(gpu, &config, size, steps, seed, tol)?;
             let overall = report.overall();
             let worst = report
                 .tensors
@@ -510,9 +559,8 @@ fn validate(
     Ok(all_ok)
 }
 
-fn check(files: &[PathBuf], cpu_only: bool, tol: &Tolerance) -> Result<bool> {
-    let gpu = if cpu_only { None } else { Some(Gpu::new()?) };
-    if let Some(gpu) = &gpu {
+fn check(gpu: Option<&Gpu>, files: &[PathBuf], tol: &Tolerance) -> Result<bool> {
+    if let Some(gpu) = gpu {
         println!("check: GPU {}", describe_adapter(gpu.adapter_info()));
     }
     println!(
@@ -540,7 +588,7 @@ fn check(files: &[PathBuf], cpu_only: bool, tol: &Tolerance) -> Result<bool> {
         );
         let mut paths: Vec<(&str, fusedopt::Result<ErrorStats>)> =
             vec![("cpu", traj.check_cpu(tol))];
-        if let Some(gpu) = &gpu {
+        if let Some(gpu) = gpu {
             paths.push(("gpu", traj.check_gpu(gpu, tol)));
         }
         for (path, stats) in paths {

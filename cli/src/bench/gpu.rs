@@ -225,6 +225,40 @@ impl GpuSteps {
         Ok(recorded?)
     }
 
+    /// The host's part of a step: the median time to record one step of the next set into an
+    /// encoder (staging its scalars, recording its passes), over `samples` steps after 16 of
+    /// warm-up, and the dispatches per step. The encoders are dropped, never submitted: the
+    /// steps do not run, so only the host is measured, and the step counts they advanced do
+    /// not matter to a benchmark.
+    pub fn host_record_time(&mut self, gpu: &Gpu, samples: usize) -> Result<(Summary, usize)> {
+        const WARMUP: usize = 16;
+        let mut times = Vec::with_capacity(samples);
+        let mut recorded = 0;
+        while times.len() < samples {
+            let mut encoder =
+                gpu.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("fusedopt/bench host recording"),
+                    });
+            for _ in 0..BATCH {
+                let start = Instant::now();
+                self.record_step(gpu, &mut encoder, None)?;
+                let elapsed = start.elapsed().as_secs_f64();
+                recorded += 1;
+                if recorded > WARMUP && times.len() < samples {
+                    times.push(elapsed);
+                }
+            }
+        }
+        let dispatches = match &self.sets[0].0 {
+            Stepper::Flat(o) => o.dispatches_per_step(),
+            Stepper::Model(m) => m.dispatches_per_step(),
+        };
+        let summary = Summary::of(&times)
+            .ok_or_else(|| Error::InvalidArgument("no samples of host recording".into()))?;
+        Ok((summary, dispatches))
+    }
+
     /// Warms up (every set once, so that no timed step is a set's first, then
     /// `sampling.warmup_steps` more), then times steps.
     pub fn measure(&mut self, gpu: &Gpu, timer: &GpuTimer, sampling: &Sampling) -> Result<Summary> {

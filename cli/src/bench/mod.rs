@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 use fusedopt::ModelLayout;
+use fusedopt::kernels::LaunchShape;
 use fusedopt::model::decay_group;
 use fusedopt::testing::transformer_near;
 use fusedopt::{Adam, Gpu, Optimizer};
@@ -227,6 +228,9 @@ pub const MODEL_VARIANT: &str = "transformer-layout";
 /// Variant name of the rows stepping one flat tensor of the transformer layout's size.
 pub const FLAT_VARIANT: &str = "flat-same-size";
 
+/// Whole-model steps recorded to time the host's part of a step.
+pub const HOST_RECORD_SAMPLES: usize = 200;
+
 /// Smallest size at which the transformer-layout rows are measured.
 pub const MODEL_LAYOUT_MIN_SIZE: usize = 1 << 20;
 
@@ -286,6 +290,52 @@ pub struct Roofline {
     pub size: usize,
 }
 
+/// The GPU kernels' launch shape in a run ([`LaunchShape`], as results.json writes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    /// Threads per workgroup.
+    pub workgroup_size: u32,
+    /// Elements per invocation per round.
+    pub elements_per_invocation: u32,
+    /// Cap on workgroups per dispatch (grid-stride loop); `None` covers the range in one round.
+    pub max_workgroups: Option<u32>,
+}
+
+impl From<LaunchShape> for Launch {
+    fn from(s: LaunchShape) -> Self {
+        Self {
+            workgroup_size: s.workgroup_size,
+            elements_per_invocation: s.elements_per_invocation,
+            max_workgroups: s.max_workgroups,
+        }
+    }
+}
+
+/// One tensor of a transformer-shaped layout, so that another framework can step the same list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayoutTensor {
+    /// Name, such as `h.0.attn.qkv.weight`.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Parameter group: 0 with weight decay (matrices), 1 without (biases, norms).
+    pub group: usize,
+}
+
+/// A transformer-shaped layout of the run: its tensors and the host's cost of one step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayoutReport {
+    /// Elements of the flat buffer (the tensors and their alignment padding).
+    pub size: usize,
+    /// The tensors, in layout order.
+    pub tensors: Vec<LayoutTensor>,
+    /// Compute dispatches per step (one per chunk of each group).
+    pub dispatches: usize,
+    /// Host time to record one whole-model step into an encoder (staging the scalars of every
+    /// group and recording their passes), not counting submission.
+    pub host_record: Summary,
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
@@ -299,6 +349,10 @@ pub struct BenchReport {
     pub gpu: Option<String>,
     /// Rows that could not be measured (for example out of memory), with the reason.
     pub skipped: Vec<String>,
+    /// The GPU kernels' launch shape, if a GPU was used.
+    pub launch: Option<Launch>,
+    /// The transformer-shaped layouts measured (see [`BenchOptions::model_layouts`]).
+    pub layouts: Vec<LayoutReport>,
 }
 
 /// The CPU, as rows name it: brand string and the thread count of the fast path.
@@ -523,20 +577,12 @@ pub fn run(
                         .and_then(|mut s| s.measure(sampling))
                         .map(|summary| (summary, Clock::Wall, Some(cpu.clone()))),
                 };
-                let (summary, clock, adapter) = match measured {
-                    Ok(m) => m,
-                    Err(Error::Fusedopt(
-                        e @ (fusedopt::Error::OutOfMemory { .. }
-                        | fusedopt::Error::LimitExceeded { .. }),
-                    )) => {
-                        skipped.push(format!(
-                            "{} {} at {size}: {e}",
-                            case.label(),
-                            implementation.name()
-                        ));
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                let Some((summary, clock, adapter)) =
+                    unless_skipped(measured, &mut skipped, || {
+                        format!("{} {} at {size}", case.label(), implementation.name())
+                    })?
+                else {
+                    continue;
                 };
                 let roof = if implementation.is_cpu() {
                     roofline.cpu_bytes_per_s
@@ -558,6 +604,7 @@ pub fn run(
             }
         }
     }
+    let mut layouts = Vec::new();
     if let (Some(gpu), Some(timer)) = (gpu, &timer) {
         for size in options.model_layout_sizes() {
             let layout = ModelLayout::new(
@@ -578,6 +625,27 @@ pub fn run(
             let n = layout.len();
             let sets = rotation_sets(n as u64 * 16, options.rotation_bytes);
             let adapter = gpu_name.clone().unwrap_or_default();
+            progress(&format!("adamw/{MODEL_VARIANT} host recording {n}"));
+            let recorded = GpuSteps::model(gpu, &layout, &groups, 1)
+                .and_then(|mut s| s.host_record_time(gpu, HOST_RECORD_SAMPLES));
+            if let Some((host_record, dispatches)) = unless_skipped(recorded, &mut skipped, || {
+                format!("adamw/{MODEL_VARIANT} host recording at {n}")
+            })? {
+                layouts.push(LayoutReport {
+                    size: n,
+                    tensors: layout
+                        .segments()
+                        .iter()
+                        .map(|s| LayoutTensor {
+                            name: s.tensor.name.clone(),
+                            shape: s.tensor.shape.clone(),
+                            group: s.group,
+                        })
+                        .collect(),
+                    dispatches,
+                    host_record,
+                });
+            }
             for variant in [MODEL_VARIANT, FLAT_VARIANT] {
                 progress(&format!("adamw/{variant} gpu {n}"));
                 let steps = if variant == MODEL_VARIANT {
@@ -585,16 +653,12 @@ pub fn run(
                 } else {
                     GpuSteps::new(gpu, &adamw, n, sets)
                 };
-                let summary = match steps.and_then(|mut s| s.measure(gpu, timer, sampling)) {
-                    Ok(s) => s,
-                    Err(Error::Fusedopt(
-                        e @ (fusedopt::Error::OutOfMemory { .. }
-                        | fusedopt::Error::LimitExceeded { .. }),
-                    )) => {
-                        skipped.push(format!("adamw/{variant} gpu at {n}: {e}"));
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                let measured = steps.and_then(|mut s| s.measure(gpu, timer, sampling));
+                let Some(summary) = unless_skipped(measured, &mut skipped, || {
+                    format!("adamw/{variant} gpu at {n}")
+                })?
+                else {
+                    continue;
                 };
                 rows.push(Row::new(
                     "adamw",
@@ -617,7 +681,28 @@ pub fn run(
         cpu,
         gpu: gpu_name,
         skipped,
+        launch: gpu.map(|g| g.launch_shape().into()),
+        layouts,
     })
+}
+
+/// A measurement's result, with a failure for lack of memory or past a device limit recorded
+/// in `skipped` (as `what: error`) and turned into `None`; other errors end the run.
+fn unless_skipped<T>(
+    result: Result<T>,
+    skipped: &mut Vec<String>,
+    what: impl FnOnce() -> String,
+) -> Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(Error::Fusedopt(
+            e @ (fusedopt::Error::OutOfMemory { .. } | fusedopt::Error::LimitExceeded { .. }),
+        )) => {
+            skipped.push(format!("{}: {e}", what()));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl Summary {

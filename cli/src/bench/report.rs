@@ -117,7 +117,11 @@ pub fn table(report: &BenchReport) -> String {
         r.cpu_bytes_per_s / 1e9,
         report.cpu,
         match (r.gpu_bytes_per_s, &report.gpu) {
-            (Some(bw), Some(name)) => format!("; GPU {:.1} GB/s ({name})", bw / 1e9),
+            (Some(bw), Some(name)) => format!(
+                "; GPU {:.1} GB/s ({name}{})",
+                bw / 1e9,
+                report.launch.map(launch_text).unwrap_or_default()
+            ),
             _ => String::new(),
         }
     );
@@ -156,7 +160,10 @@ pub fn table(report: &BenchReport) -> String {
              {gelem:>9} {gbs:>8} {roof:>6} {speedup:>8} {clock:<9}"
         );
     }
-    for line in layout_comparisons(report) {
+    for line in layout_comparisons(report)
+        .into_iter()
+        .chain(host_record_lines(report))
+    {
         let _ = writeln!(out, "{line}");
     }
     for s in &report.skipped {
@@ -183,6 +190,39 @@ pub fn layout_comparisons(report: &BenchReport) -> Vec<String> {
                 format_seconds(model.median_s),
                 format_seconds(flat.median_s)
             ))
+        })
+        .collect()
+}
+
+/// The launch shape as the table's roofline line shows it.
+fn launch_text(launch: super::Launch) -> String {
+    let stride = launch
+        .max_workgroups
+        .map_or(String::new(), |m| format!(", at most {m} workgroups"));
+    format!(
+        "; {} threads per workgroup, {} elements per invocation{stride}",
+        launch.workgroup_size, launch.elements_per_invocation
+    )
+}
+
+/// One line per transformer-shaped layout: the host's time to record one whole-model step
+/// (the target is at most 20 µs).
+pub fn host_record_lines(report: &BenchReport) -> Vec<String> {
+    report
+        .layouts
+        .iter()
+        .map(|l| {
+            format!(
+                "host time to record one AdamW step of the transformer layout ({} tensors, \
+                 {} dispatches) at {} elements: median {} (min {}, max {}, {} steps)",
+                l.tensors.len(),
+                l.dispatches,
+                l.size,
+                format_seconds(l.host_record.median_s),
+                format_seconds(l.host_record.min_s),
+                format_seconds(l.host_record.max_s),
+                l.host_record.samples
+            )
         })
         .collect()
 }
@@ -247,8 +287,9 @@ pub fn markdown(report: &BenchReport, charts: &[(String, String)], command: &str
     let _ = writeln!(md, "- CPU: {}", report.cpu);
     let _ = writeln!(
         md,
-        "- GPU: {}",
-        report.gpu.as_deref().unwrap_or("none (CPU rows only)")
+        "- GPU: {}{}",
+        report.gpu.as_deref().unwrap_or("none (CPU rows only)"),
+        report.launch.map(launch_text).unwrap_or_default()
     );
     let _ = writeln!(
         md,
@@ -300,7 +341,10 @@ pub fn markdown(report: &BenchReport, charts: &[(String, String)], command: &str
         let cells = cells(report, row);
         let _ = writeln!(md, "| {} |", cells[..10].join(" | "));
     }
-    let comparisons = layout_comparisons(report);
+    let comparisons: Vec<String> = layout_comparisons(report)
+        .into_iter()
+        .chain(host_record_lines(report))
+        .collect();
     if !comparisons.is_empty() {
         let _ = writeln!(md, "\n## Whole model against one flat tensor\n");
         for line in comparisons {
