@@ -28,8 +28,8 @@ override EPS_IN_SQRT: bool = false;
 /// The entry point of every kernel. Workgroups are numbered row by row over a 2-D grid (one
 /// dimension holds at most 65535); workgroup `w` starts at element `w * width` and, when the
 /// grid covers less than the binding, strides on by the whole grid's width (a grid-stride loop).
-/// The host keeps the grid's elements per round (`stride`) below 2^32, and the loop stops
-/// before a step past the binding, so no index wraps.
+/// The host keeps the grid's elements per round (`stride`) below 2^32, and every bound is
+/// tested as a distance from an index already below `n`, so no index wraps, whatever `n`.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn step(
     @builtin(local_invocation_index) lid: u32,
@@ -45,9 +45,10 @@ fn step(
             break;
         }
         for (var k = 0u; k < ELEMENTS_PER_INVOCATION; k++) {
-            let i = first + k * WORKGROUP_SIZE;
-            if i < n {
-                update(i);
+            // Compared as a distance from `first` (< n), so no sum can wrap.
+            let offset = k * WORKGROUP_SIZE;
+            if offset < n - first {
+                update(first + offset);
             }
         }
         if stride >= n - first {

@@ -312,12 +312,15 @@ fn a_different_update_is_detected() {
 }
 
 /// Launch shapes are a tuning knob only: wider workgroups, several elements per invocation, a
-/// capped grid that strides over the range (down to one invocation doing everything), and
-/// chunked ranges under each, all give bit for bit what the default shape gives, and that
-/// matches the CPU reference. Poisoned state would show any element no invocation updated.
+/// capped grid that strides over the range (down to one invocation, whose cap is raised where
+/// the range would take more rounds than Mesa's software drivers run a loop), a
+/// two-dimensional grid with a partial last row (one thread per workgroup past 65,535
+/// workgroups), and chunked ranges under each, all give bit for bit what the default shape
+/// gives, and that matches the CPU reference. Parameters start random and state is compared
+/// too, so an element no invocation updated shows.
 #[test]
 fn every_launch_shape_gives_the_same_numbers() {
-    let Some(mut gpu) = common::own_gpu() else {
+    let Some(gpu) = common::own_gpu() else {
         return;
     };
     let shape = |workgroup_size, elements_per_invocation, max_workgroups| LaunchShape {
@@ -330,14 +333,17 @@ fn every_launch_shape_gives_the_same_numbers() {
         shape(32, 3, Some(5)),
         shape(256, 16, None),
         shape(128, 2, Some(1)),
+        shape(1, 1, None),
         shape(1, 1, Some(1)),
     ];
-    let run = |gpu: &Gpu, config: &Optimizer, size: usize| -> Vec<Vec<f32>> {
-        let mut problem = RandomProblem::new(size, 21);
+    const STEPS: u64 = 2;
+    const SEED: u64 = 21;
+    let gpu_run = |gpu: &Gpu, config: &Optimizer, size: usize| -> Vec<Vec<f32>> {
+        let mut problem = RandomProblem::new(size, SEED);
         let params = gpu.upload("params", &problem.params).unwrap();
         let grads = gpu.zeros("grads", size).unwrap();
         let mut opt = GpuOptimizer::new(gpu, config.clone(), &params, &grads).unwrap();
-        for t in 1..=2 {
+        for t in 1..=STEPS {
             gpu.write(&grads, 0, &problem.next_grad()).unwrap();
             opt.step_with_lr(gpu, schedule(config.lr(), t)).unwrap();
         }
@@ -345,30 +351,55 @@ fn every_launch_shape_gives_the_same_numbers() {
         out.extend(opt.read_state(gpu).unwrap().into_iter().map(|(_, s)| s));
         out
     };
-    let sizes = [1usize, 257, 5000, 3 * 16384 + 777];
+    let cpu_run = |config: &Optimizer, size: usize| -> Vec<Vec<f32>> {
+        let mut problem = RandomProblem::new(size, SEED);
+        let mut params = problem.params.clone();
+        let mut cpu = CpuOptimizer::new(config.clone(), size).unwrap();
+        for t in 1..=STEPS {
+            let g = problem.next_grad();
+            cpu.step_with_lr(
+                ArrayViewMut1::from(&mut params[..]),
+                ArrayView1::from(&g[..]),
+                schedule(config.lr(), t),
+            )
+            .unwrap();
+        }
+        let mut out = vec![params];
+        out.extend(cpu.state().into_iter().map(|(_, s)| s.to_vec()));
+        out
+    };
+    let bits = |tensors: &[Vec<f32>]| -> Vec<u32> {
+        tensors.iter().flatten().map(|x| x.to_bits()).collect()
+    };
+    // 70,001 elements at one thread per workgroup need a 65,535 x 2 grid.
+    let sizes = [1usize, 257, 5000, 3 * 16384 + 777, 70_001];
+    assert_eq!(gpu.launch_shape(), LaunchShape::default());
     for config in common::fullest_configs() {
-        gpu.set_launch_shape(LaunchShape::default()).unwrap();
-        let expected: Vec<_> = sizes.iter().map(|&n| run(&gpu, &config, n)).collect();
-        for (n, want) in sizes.iter().zip(&expected) {
-            let report = gpu_against_cpu(&gpu, &config, *n, 2, 21, &Tolerance::F32).unwrap();
-            assert!(report.overall().passed(), "{} default shape", config.name());
-            assert_eq!(want.len(), 1 + config.state_names().len());
+        let mut expected = Vec::new();
+        for &n in &sizes {
+            let got = gpu_run(&gpu, &config, n);
+            let want = cpu_run(&config, n);
+            assert_eq!(got.len(), 1 + config.state_names().len());
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                let stats = common::compare(g, w);
+                assert!(
+                    stats.passed(),
+                    "{} size {n} tensor {k}: {stats:?}",
+                    config.name()
+                );
+            }
+            expected.push(bits(&got));
         }
         for shape in shapes {
-            gpu.set_launch_shape(shape).unwrap();
             for chunk_bytes in [None, Some(64 << 10)] {
-                let mut chunked = Gpu::from_device(gpu.device().clone(), gpu.queue().clone());
-                chunked.set_launch_shape(shape).unwrap();
+                let mut tuned = Gpu::from_device(gpu.device().clone(), gpu.queue().clone());
+                tuned.set_launch_shape(shape).unwrap();
                 if let Some(bytes) = chunk_bytes {
-                    chunked.set_max_chunk_bytes(bytes).unwrap();
+                    tuned.set_max_chunk_bytes(bytes).unwrap();
                 }
                 for (&n, want) in sizes.iter().zip(&expected) {
-                    let got = run(&chunked, &config, n);
                     assert!(
-                        got.iter()
-                            .flatten()
-                            .map(|x| x.to_bits())
-                            .eq(want.iter().flatten().map(|x| x.to_bits())),
+                        bits(&gpu_run(&tuned, &config, n)) == *want,
                         "{} size {n}, {shape:?}, chunks {chunk_bytes:?}: differs from the default shape",
                         config.name()
                     );

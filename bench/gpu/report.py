@@ -70,11 +70,13 @@ def tune_rows(tune_dir):
 
 
 def pick_shape(tune_dir):
+    """The flags of the shape with the fastest Adam step at the largest size swept (the default
+    shape when nothing was measured)."""
     rows = tune_rows(tune_dir)
     if not rows:
-        # Nothing measured: the default shape.
         return ["--workgroup-size", "256", "--elements-per-invocation", "1"]
-    best = min(rows, key=lambda r: r["adam_median_s"])
+    size = max(r["size"] for r in rows)
+    best = min((r for r in rows if r["size"] == size), key=lambda r: r["adam_median_s"])
     return best["flags"]
 
 
@@ -121,12 +123,11 @@ def side_by_side(fused, torch):
     return out
 
 
-def nearest(rows, size):
-    """Rows whose size is nearest `size` (the transformer rows' sizes are near a power of two)."""
-    if not rows:
-        return []
-    best = min(abs(r["size"] - size) for r in rows)
-    return [r for r in rows if abs(r["size"] - size) == best and abs(r["size"] - size) <= size // 8]
+def layout_rows(rows, fused, size):
+    """The transformer-layout rows of the layout asked for at `size` (its own size is the
+    nearest a transformer of whole widths comes to it)."""
+    sizes = {l["size"] for l in fused.get("layouts", []) if l.get("requested") == size}
+    return [r for r in rows if r["variant"] == "transformer-layout" and r["size"] in sizes]
 
 
 def targets(fused, torch, rows):
@@ -165,7 +166,7 @@ def targets(fused, torch, rows):
                 r = next((r for r in rows if (r["optimizer"], r["variant"], r["size"]) == (name, "default", size)), None)
                 if r and r["ratio"] is not None:
                     out.append((f"{name} ≤ {ADAM_FLAT:.2f} × PyTorch {r['torch_implementation']} at {p}, one flat tensor", f"{r['ratio']:.3f}", verdict(r["ratio"] <= ADAM_FLAT)))
-            for r in nearest([r for r in rows if r["variant"] == "transformer-layout"], size):
+            for r in layout_rows(rows, fused, size):
                 if r["ratio"] is not None:
                     out.append((f"adamw ≤ {ADAM_LIST:.2f} × PyTorch {r['torch_implementation']} on the transformer list near {p} ({r['size']})", f"{r['ratio']:.3f}", verdict(r["ratio"] <= ADAM_LIST)))
             foreach = [r for r in step_rows if r["size"] == size and r["optimizer"] in ("rmsprop", "adadelta", "adagrad") and r["ratio"] is not None]
@@ -173,7 +174,7 @@ def targets(fused, torch, rows):
                 worst = max(foreach, key=lambda r: r["ratio"])
                 out.append((f"RMSprop, Adadelta, Adagrad ≤ {FOREACH:.2f} × PyTorch's step at {p}", f"worst {label(worst['optimizer'], worst['variant'])} {worst['ratio']:.3f} (PyTorch {worst['torch_implementation']})", verdict(worst["ratio"] <= FOREACH)))
         small = [r for r in rows if r["optimizer"] == "adamw" and (r["variant"] == "default" and r["size"] == SMALL_SIZE)]
-        small += nearest([r for r in rows if r["variant"] == "transformer-layout"], SMALL_SIZE)
+        small += layout_rows(rows, fused, SMALL_SIZE)
         for r in small:
             if r["ratio"] is not None:
                 out.append((f"at 2^20, adamw ({r['variant']}) ≤ {SMALL_VS_FUSED:.0f} × PyTorch {r['torch_implementation']}", f"{r['ratio']:.3f}", verdict(r["ratio"] <= SMALL_VS_FUSED)))

@@ -36,6 +36,13 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -x "$bin" ] || { echo "run.sh: no fusedopt binary at $bin (cargo build --release, or --bin)" >&2; exit 2; }
+command -v "$python" >/dev/null || { echo "run.sh: no $python (Python 3 writes the report; PYTHON=...)" >&2; exit 2; }
+# The adapter first: without one nothing below can run, and the reason should be on screen.
+if ! "$bin" info > /tmp/fusedopt-info.$$ 2>&1; then
+    cat /tmp/fusedopt-info.$$ >&2
+    echo "run.sh: fusedopt info failed: no Vulkan adapter? (bench/gpu/README.md: loader and driver)" >&2
+    exit 2
+fi
 
 if [ $quick = 1 ]; then
     sizes=(2^16 2^20)
@@ -54,40 +61,51 @@ else
     validate_size=100003
 fi
 
-gpu_name=$("$bin" info 2>/dev/null | sed -n 's/^adapter  *//p' | head -1)
+gpu_name=$(sed -n 's/^adapter  *//p' /tmp/fusedopt-info.$$ | head -1)
 slug=$(printf '%s' "${gpu_name:-gpu}" | tr 'A-Z' 'a-z' | sed 's/([^)]*)//g; s/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40)
 out=${out:-$root/bench/results/$(date +%F)-$slug}
+# A fresh folder, so that nothing of an earlier run is reported as this one's.
+if [ -e "$out" ] && [ -n "$(ls -A "$out")" ]; then
+    echo "run.sh: $out is not empty; remove it or name another with --out" >&2
+    exit 2
+fi
 mkdir -p "$out/tune"
-log() { printf '\n== %s\n' "$*" | tee -a "$out/commands.txt"; }
+mv /tmp/fusedopt-info.$$ "$out/info.txt"
+# A heading, and each command as it can be pasted back into a shell.
+note() { printf '\n== %s\n' "$*" | tee -a "$out/commands.txt"; }
+log() { note "$(printf '%q ' "$@")"; }
 : > "$out/commands.txt"
 status=0
 
-log "machine"
+note machine
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "host: $(uname -srm)"
     echo "cpu: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1) ($(nproc) threads)"
     echo "fusedopt: $("$bin" --version)"
     echo "wgpu: $(sed -n '/^name = "wgpu"$/{n;s/version = //p}' "$root/Cargo.lock" | tr -d '"')"
-    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit --format=csv
-    command -v vulkaninfo >/dev/null && vulkaninfo --summary 2>/dev/null | sed -n '/Devices:/,$p' | head -20
-    true
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit --format=csv || true
+    fi
+    if command -v vulkaninfo >/dev/null; then
+        vulkaninfo --summary 2>/dev/null | sed -n '/Devices:/,$p' | head -20 || true
+    fi
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
-log "$bin info"
-"$bin" info > "$out/info.txt" 2>&1 || status=1
+log "$bin" info
 cat "$out/info.txt"
 
 # The launch shape: the sweep times Adam (28 B per element) and the copy kernel at one size with
 # each shape, and the rest of the run uses the shape with the fastest Adam step.
-log "launch-shape sweep at $tune_size (adam, gpu)"
+note "launch-shape sweep at $tune_size (adam, gpu)"
 for shape in "${shapes[@]}"; do
     set -- $shape
     flags=(--workgroup-size "$1" --elements-per-invocation "$2")
-    [ $# -ge 3 ] && flags+=(--max-workgroups "$3")
+    if [ $# -ge 3 ]; then flags+=(--max-workgroups "$3"); fi
     name=wg$1-e$2${3:+-max$3}
-    echo "$bin bench --optimizer adam --size $tune_size --implementation gpu --json ${flags[*]}" >> "$out/commands.txt"
+    printf '%q ' "$bin" bench --optimizer adam --size "$tune_size" --implementation gpu --json "${flags[@]}" >> "$out/commands.txt"
+    echo >> "$out/commands.txt"
     if "$bin" bench --optimizer adam --size "$tune_size" --implementation gpu --json "${flags[@]}" \
         > "$out/tune/$name.json" 2> "$out/tune/$name.err"; then
         echo "$name: done"
@@ -95,39 +113,41 @@ for shape in "${shapes[@]}"; do
         echo "$name: failed (see tune/$name.err)"
     fi
 done
-best=$("$python" "$here/report.py" pick-shape "$out/tune")
+best=$("$python" "$here/report.py" pick-shape "$out/tune") || best="--workgroup-size 256 --elements-per-invocation 1"
 echo "best launch shape: $best" | tee -a "$out/commands.txt"
 read -r -a launch <<< "$best"
 
-log "$bin validate ${launch[*]} --size $validate_size"
+log "$bin" validate "${launch[@]}" --size "$validate_size"
 "$bin" validate "${launch[@]}" --size "$validate_size" > "$out/validate.txt" 2>&1 || status=1
 tail -3 "$out/validate.txt"
 if [ "${launch[*]}" != "--workgroup-size 256 --elements-per-invocation 1" ]; then
-    log "$bin validate (default launch shape) --size $validate_size"
+    log "$bin" validate --size "$validate_size"
     "$bin" validate --size "$validate_size" > "$out/validate-default-shape.txt" 2>&1 || status=1
     tail -1 "$out/validate-default-shape.txt"
 fi
 
-log "$bin check ${launch[*]} tests/golden/*.safetensors"
+log "$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors
 "$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors > "$out/check.txt" 2>&1 || status=1
 tail -3 "$out/check.txt"
 
 size_flags=()
 for s in "${sizes[@]}"; do size_flags+=(--size "$s"); done
-log "$bin bench --implementation gpu ${size_flags[*]} ${launch[*]} --out $out/fusedopt-bench"
+log "$bin" bench --implementation gpu "${size_flags[@]}" "${launch[@]}" --out "$out/fusedopt-bench"
 "$bin" bench --implementation gpu "${size_flags[@]}" "${launch[@]}" --out "$out/fusedopt-bench" \
     > "$out/bench.txt" 2>&1 || status=1
-cp "$out/fusedopt-bench/results.json" "$out/results.json" 2>/dev/null || true
+if [ -f "$out/fusedopt-bench/results.json" ]; then
+    cp "$out/fusedopt-bench/results.json" "$out/results.json"
+fi
 tail -5 "$out/bench.txt"
 
 if [ $torch = 1 ] && [ -f "$out/results.json" ]; then
-    log "$python bench/gpu/torch_bench.py --fusedopt results.json --out torch.json --device $device"
+    log "$python" "$here/torch_bench.py" --fusedopt "$out/results.json" --out "$out/torch.json" --device "$device"
     PYTHONUNBUFFERED=1 "$python" "$here/torch_bench.py" --fusedopt "$out/results.json" \
         --out "$out/torch.json" --device "$device" > "$out/torch.txt" 2>&1 || status=1
     tail -3 "$out/torch.txt"
 fi
 
-log "$python bench/gpu/report.py report $out"
+log "$python" "$here/report.py" report "$out"
 "$python" "$here/report.py" report "$out" || status=1
 echo "report: $out/report.md (exit $status)"
 exit $status

@@ -6,14 +6,20 @@ GPU row there, steps the matching `torch.optim` optimizer on the same device: th
 the same number of rotated parameter sets (so that neither side finds its data in a cache the
 other side misses), and for the transformer-layout rows the same list of tensors in the same two
 parameter groups. `fused=True` where PyTorch has it for the device, else `foreach=True`; the
-row says which. Times come from CUDA events around each step (the host clock after a
-synchronize on the CPU), medians after warm-up. The copy bandwidth is `dst.copy_(src)` over the
-size of fusedopt's roofline copy, counted like fusedopt's (4 bytes read, 4 written).
+row says which.
+
+Timing: each sample is one pair of CUDA events around a batch of consecutive steps (the host
+clock after a synchronize on the CPU), divided by the batch's length, so the GPU is kept busy
+as a training loop keeps it and no sample includes the wait for one step to be launched; the
+median of the samples after warm-up is reported. fusedopt's rows are timestamps around each
+step's compute pass, also back to back in one submission. The copy bandwidth is `dst.copy_(src)`
+over the size of fusedopt's roofline copy, counted like fusedopt's (4 bytes read, 4 written).
 
     python3 torch_bench.py --fusedopt results.json --out torch.json [--device cuda]
 """
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -54,31 +60,46 @@ class Clock:
             torch.cuda.synchronize()
 
     def time(self, work, warmup, min_samples, max_samples, target_s):
+        """Per-step seconds of `work`: `min_samples` to `max_samples` batches, until `target_s`
+        of timed work, each batch long enough (about a millisecond, at most 64 steps) that
+        launching it is hidden behind the GPU's work."""
         for _ in range(warmup):
             work()
         self.sync()
+        start = time.perf_counter()
+        work()
+        self.sync()
+        estimate = max(time.perf_counter() - start, 1e-7)
+        batch = max(1, min(64, int(1e-3 / estimate)))
         times = []
         while len(times) < min_samples or (
-            len(times) < max_samples and sum(times) < target_s
+            len(times) < max_samples and sum(times) * batch < target_s
         ):
             if self.cuda:
-                start = torch.cuda.Event(enable_timing=True)
+                begin = torch.cuda.Event(enable_timing=True)
                 end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                work()
+                begin.record()
+                for _ in range(batch):
+                    work()
                 end.record()
                 end.synchronize()
-                times.append(start.elapsed_time(end) * 1e-3)
+                times.append(begin.elapsed_time(end) * 1e-3 / batch)
             else:
-                start = time.perf_counter()
-                work()
-                times.append(time.perf_counter() - start)
+                begin = time.perf_counter()
+                for _ in range(batch):
+                    work()
+                times.append((time.perf_counter() - begin) / batch)
         return {
             "median_s": statistics.median(times),
             "min_s": min(times),
             "max_s": max(times),
             "samples": len(times),
+            "steps_per_sample": batch,
         }
+
+
+# Out of memory is not a reason to try another implementation: it ends the row.
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def make_optimizer(device, class_name, kwargs, groups):
@@ -90,6 +111,8 @@ def make_optimizer(device, class_name, kwargs, groups):
             opt = cls(groups, **kwargs, **{flavour: True})
             opt.step()
             return opt, flavour
+        except OUT_OF_MEMORY:
+            raise
         except (RuntimeError, ValueError, TypeError) as e:
             last = e
     raise RuntimeError(f"{class_name} runs neither fused nor foreach on {device}: {last}")
@@ -149,9 +172,6 @@ def measure_row(device, clock, row, layouts, args):
         opt.step()
 
     summary = clock.time(step, args.warmup + sets, args.min_samples, args.max_samples, args.target_s)
-    del optimizers
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {
         "optimizer": row["optimizer"],
         "variant": row["variant"],
@@ -204,22 +224,27 @@ def main():
     }
     print(f"torch {out['torch']} on {out['device']}: copy {out['copy']['bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
     for row in rows:
+        name = f"{row['optimizer']}/{row['variant']} at {row['size']}"
         try:
             measured = measure_row(device, clock, row, layouts, args)
-        except torch.OutOfMemoryError as e:
-            out["skipped"].append(f"{row['optimizer']}/{row['variant']} at {row['size']}: {e}")
+        except Exception as e:  # one row that cannot run never stops the others
+            out["skipped"].append(f"{name}: {type(e).__name__}: {e}")
+            print(f"{name}: skipped ({type(e).__name__})", flush=True)
+            measured = None
+        # The row's tensors are garbage now: give their memory back before the next row.
+        gc.collect()
+        if device.type == "cuda":
             torch.cuda.empty_cache()
-            continue
-        if measured is None:
-            continue
-        out["rows"].append(measured)
-        print(
-            f"{row['optimizer']}/{row['variant']:<18} {row['size']:>11} {measured['implementation']:<8} "
-            f"{measured['median_s'] * 1e3:9.3f} ms",
-            flush=True,
-        )
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+        if measured is not None:
+            out["rows"].append(measured)
+            print(
+                f"{row['optimizer']}/{row['variant']:<18} {row['size']:>11} {measured['implementation']:<8} "
+                f"{measured['median_s'] * 1e3:9.3f} ms",
+                flush=True,
+            )
+        # Written after every row, so that a crash keeps what was measured.
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

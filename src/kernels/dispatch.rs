@@ -17,6 +17,7 @@ pub struct LaunchShape {
     /// (`ELEMENTS_PER_INVOCATION`), at most [`LaunchShape::MAX_ELEMENTS_PER_INVOCATION`].
     pub elements_per_invocation: u32,
     /// Most workgroups per dispatch; `None` launches enough to cover the range in one round.
+    /// Raised where the range would otherwise take more than [`LaunchShape::MAX_ROUNDS`].
     pub max_workgroups: Option<u32>,
 }
 
@@ -34,6 +35,11 @@ impl Default for LaunchShape {
 impl LaunchShape {
     /// Most elements per invocation: the loop over them is unrolled by the driver.
     pub const MAX_ELEMENTS_PER_INVOCATION: u32 = 16;
+
+    /// Most rounds of the grid-stride loop: a cap on workgroups that would need more is raised
+    /// to the fewest that need no more. Mesa's software drivers (lavapipe, llvmpipe 22.3, as
+    /// measured here) leave a shader loop after 65,535 iterations, silently skipping the rest.
+    pub const MAX_ROUNDS: u64 = 1 << 15;
 
     /// Elements a workgroup covers per round.
     pub fn elements_per_workgroup(&self) -> u64 {
@@ -88,12 +94,23 @@ impl LaunchShape {
 /// the device's limit is an error, never truncated.
 pub fn workgroups(len: u64, shape: LaunchShape, max_per_dimension: u32) -> Result<(u32, u32)> {
     let width = shape.elements_per_workgroup().max(1);
-    let needed = len.div_ceil(width);
-    let groups = shape
-        .max_workgroups
-        .map_or(needed, |most| needed.min(u64::from(most)));
-    let x = groups.min(u64::from(max_per_dimension)).max(1);
-    let y = groups.div_ceil(x).max(1);
+    let needed = len.div_ceil(width).max(1);
+    let most = u64::from(max_per_dimension).max(1);
+    let (x, y) = match shape.max_workgroups {
+        // Capped: as many workgroups as the cap allows, never more (the rows are then full,
+        // and the invocations stride over the rest).
+        Some(cap) if u64::from(cap) < needed => {
+            let cap = u64::from(cap).max(needed.div_ceil(LaunchShape::MAX_ROUNDS));
+            let y = cap.div_ceil(most);
+            (cap / y, y)
+        }
+        // Covering: enough rows of at most `most` workgroups, the last one maybe partial.
+        _ => {
+            let x = needed.min(most);
+            (x, needed.div_ceil(x))
+        }
+    };
+    let groups = x * y;
     let indexable = x * y * width < 1 << 32;
     match (u32::try_from(x), u32::try_from(y)) {
         (Ok(x), Ok(y)) if y <= max_per_dimension && indexable => Ok((x, y)),
@@ -226,8 +243,18 @@ mod tests {
             (2, 1),
             "fewer needed"
         );
-        let (x, y) = workgroups(1 << 31, shape(128, 2, Some(100_000)), 65535).unwrap();
-        assert!(u64::from(x) * u64::from(y) >= 100_000 && y == 2, "{x}x{y}");
+        assert_eq!(
+            workgroups(1 << 31, shape(128, 2, Some(100_000)), 65535).unwrap(),
+            (50_000, 2),
+            "two full rows, within the cap"
+        );
+        let (x, y) = workgroups(1 << 31, shape(128, 2, Some(131_069)), 65535).unwrap();
+        assert!(x * y <= 131_069 && x * y > 131_069 - y, "{x}x{y}");
+        // One invocation would need 200,001 rounds: raised to 7 workgroups of at most 2^15.
+        assert_eq!(
+            workgroups(200_001, shape(1, 1, Some(1)), 65535).unwrap(),
+            (7, 1)
+        );
     }
 
     #[test]

@@ -325,7 +325,10 @@ pub struct LayoutTensor {
 /// A transformer-shaped layout of the run: its tensors and the host's cost of one step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayoutReport {
-    /// Elements of the flat buffer (the tensors and their alignment padding).
+    /// The size asked for; the layout's width is the one that brings it nearest.
+    pub requested: usize,
+    /// Elements of the flat buffer (the tensors and their alignment padding): the `size` of
+    /// its rows.
     pub size: usize,
     /// The tensors, in layout order.
     pub tensors: Vec<LayoutTensor>,
@@ -632,6 +635,7 @@ pub fn run(
                 format!("adamw/{MODEL_VARIANT} host recording at {n}")
             })? {
                 layouts.push(LayoutReport {
+                    requested: size,
                     size: n,
                     tensors: layout
                         .segments()
