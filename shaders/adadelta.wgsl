@@ -1,4 +1,4 @@
-// Adadelta (torch.optim.Adadelta): eps sits inside both square roots. Needs `common.wgsl`.
+// Adadelta (torch.optim.Adadelta): eps sits inside both square roots. Compiled after `precision.wgsl`.
 
 /// Keep in sync with `AdadeltaScalars` in src/optim/adadelta.rs (a test compares the layouts).
 struct AdadeltaScalars {
@@ -13,17 +13,17 @@ struct AdadeltaScalars {
 }
 
 @group(0) @binding(0) var<uniform> hp: AdadeltaScalars;
-@group(0) @binding(3) var<storage, read_write> square_avg: array<f32>;
-@group(0) @binding(4) var<storage, read_write> acc_delta: array<f32>;
 
-/// One element's update; `step` in common.wgsl calls it for every index of the binding.
-fn update(i: u32) {
-    let p = param[i];
-    let g = effective_grad(grad[i], p, hp.weight_decay);
-    let v = square_avg[i] * hp.rho + hp.one_minus_rho * g * g;
-    square_avg[i] = v;
+/// One element's update (`visit` in precision.wgsl calls it). State: s0 `square_avg`,
+/// s1 `acc_delta`.
+fn update(x: Element) -> Element {
+    var e = x;
+    let g = effective_grad(e.grad, e.param, hp.weight_decay);
+    let v = e.s0 * hp.rho + hp.one_minus_rho * g * g;
+    e.s0 = v;
     let rms_grad = sqrt(v + hp.eps);
-    let delta = sqrt(acc_delta[i] + hp.eps) / rms_grad * g;
-    acc_delta[i] = acc_delta[i] * hp.rho + hp.one_minus_rho * delta * delta;
-    param[i] = p + -hp.lr * delta;
+    let delta = sqrt(e.s1 + hp.eps) / rms_grad * g;
+    e.s1 = e.s1 * hp.rho + hp.one_minus_rho * delta * delta;
+    e.param = e.param + -hp.lr * delta;
+    return e;
 }

@@ -1,4 +1,4 @@
-// Adagrad (torch.optim.Adagrad; optax.adagrad with EPS_IN_SQRT). Needs `common.wgsl` before it.
+// Adagrad (torch.optim.Adagrad; optax.adagrad with EPS_IN_SQRT). Compiled after `precision.wgsl`.
 
 /// Keep in sync with `AdagradScalars` in src/optim/adagrad.rs (a test compares the layouts).
 struct AdagradScalars {
@@ -10,13 +10,13 @@ struct AdagradScalars {
 }
 
 @group(0) @binding(0) var<uniform> hp: AdagradScalars;
-@group(0) @binding(3) var<storage, read_write> state_sum: array<f32>;
 
-/// One element's update; `step` in common.wgsl calls it for every index of the binding.
-fn update(i: u32) {
-    let p = param[i];
-    let g = effective_grad(grad[i], p, hp.weight_decay);
-    let s = state_sum[i] + g * g;
-    state_sum[i] = s;
-    param[i] = p + -hp.clr * (g / denominator(s, hp.eps));
+/// One element's update (`visit` in precision.wgsl calls it). State: s0 `state_sum` (PyTorch's `sum`).
+fn update(x: Element) -> Element {
+    var e = x;
+    let g = effective_grad(e.grad, e.param, hp.weight_decay);
+    let s = e.s0 + g * g;
+    e.s0 = s;
+    e.param = e.param + -hp.clr * (g / denominator(s, hp.eps));
+    return e;
 }

@@ -1,4 +1,4 @@
-// Adam, AdamW and AMSGrad (torch.optim.Adam / AdamW). Needs `common.wgsl` before it.
+// Adam, AdamW and AMSGrad (torch.optim.Adam / AdamW). Compiled after `precision.wgsl`.
 
 /// Keep in sync with `AdamScalars` in src/optim/adam.rs (a test compares the layouts).
 struct AdamScalars {
@@ -27,21 +27,20 @@ struct AdamScalars {
 override AMSGRAD: bool = false;
 
 @group(0) @binding(0) var<uniform> hp: AdamScalars;
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<f32>;
-@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
-@group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<f32>;
 
-/// One element's update; `step` in common.wgsl calls it for every index of the binding.
-fn update(i: u32) {
-    let p = param[i] * hp.decay_factor;
-    let g = effective_grad(grad[i], p, hp.weight_decay);
-    let m = torch_lerp(exp_avg[i], g, hp.one_minus_beta1, hp.lerp_complement);
-    exp_avg[i] = m;
-    var v = exp_avg_sq[i] * hp.beta2 + hp.one_minus_beta2 * g * g;
-    exp_avg_sq[i] = v;
+/// One element's update (`visit` in precision.wgsl calls it). State: s0 `exp_avg`,
+/// s1 `exp_avg_sq`, s2 `max_exp_avg_sq`.
+fn update(x: Element) -> Element {
+    var e = x;
+    let p = e.param * hp.decay_factor;
+    let g = effective_grad(e.grad, p, hp.weight_decay);
+    let m = torch_lerp(e.s0, g, hp.one_minus_beta1, hp.lerp_complement);
+    e.s0 = m;
+    var v = e.s1 * hp.beta2 + hp.one_minus_beta2 * g * g;
+    e.s1 = v;
     if AMSGRAD {
-        v = max(max_exp_avg_sq[i], v);
-        max_exp_avg_sq[i] = v;
+        v = max(e.s2, v);
+        e.s2 = v;
     }
     var denom: f32;
     if EPS_IN_SQRT {
@@ -49,5 +48,6 @@ fn update(i: u32) {
     } else {
         denom = sqrt(v) / hp.bias_correction2_sqrt + hp.eps;
     }
-    param[i] = p + -hp.step_size * (m / denom);
+    e.param = p + -hp.step_size * (m / denom);
+    return e;
 }

@@ -1,20 +1,15 @@
-// Shared by every optimizer kernel. Each kernel is compiled as this file followed by its own
-// (`src/kernels/mod.rs`), so everything here is in scope there, and the kernel's file in turn
-// defines `fn update(i: u32)`, the update of element `i`, which the one entry point below calls.
-//
-// Binding layout of every kernel (derived from the optimizer's KernelSpec in
-// `src/kernels/mod.rs`):
-//   0: the kernel's uniform of per-step scalars (copied in ahead of each step's pass)
-//   1: parameters (read-write)      2: gradients (read-only)
-//   3..: optimizer state (read-write), in the order the kernel declares it
-// The element count is the length of the bound parameter range, so a chunk of a larger buffer
-// needs no extra uniform.
+// Shared by every kernel: the one entry point and its launch shape, and the pieces of the
+// optimizers' updates. A kernel is compiled as this file followed by the files that define
+// `fn units() -> u32` (how many units of work the bound chunk holds) and `fn visit(u: u32)`
+// (the work on unit `u`): `precision.wgsl` and an optimizer's file for the optimizers
+// (`src/kernels/mod.rs` composes them), `copy.wgsl` for the copy roofline.
 
 /// Threads per workgroup (the host's `LaunchShape`).
 override WORKGROUP_SIZE: u32 = 256u;
-/// Elements each invocation updates per round, `WORKGROUP_SIZE` apart, so that a workgroup
-/// covers `WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION` consecutive elements and each of an
-/// invocation's loads is coalesced with its neighbours' and independent of its other loads.
+/// Units each invocation visits per round, `WORKGROUP_SIZE` apart, so that a workgroup covers
+/// `WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION` consecutive units and each of an invocation's
+/// loads is coalesced with its neighbours' and independent of its other loads. A unit is one
+/// element in f32 and one word of two elements in 16-bit precisions.
 override ELEMENTS_PER_INVOCATION: u32 = 1u;
 /// PyTorch's `maximize`: ascend instead of descend by negating the gradient first.
 override MAXIMIZE: bool = false;
@@ -22,21 +17,18 @@ override MAXIMIZE: bool = false;
 /// `g / (sqrt(s) + eps)`. Only the kernels with such a denominator read it.
 override EPS_IN_SQRT: bool = false;
 
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-
 /// The entry point of every kernel. Workgroups are numbered row by row over a 2-D grid (one
-/// dimension holds at most 65535); workgroup `w` starts at element `w * width` and, when the
-/// grid covers less than the binding, strides on by the whole grid's width (a grid-stride loop).
-/// The host keeps the grid's elements per round (`stride`) below 2^32, and every bound is
-/// tested as a distance from an index already below `n`, so no index wraps, whatever `n`.
+/// dimension holds at most 65535); workgroup `w` starts at unit `w * width` and, when the
+/// grid covers less than the chunk, strides on by the whole grid's width (a grid-stride loop).
+/// The host keeps the grid's units per round (`stride`) below 2^32, and every bound is tested
+/// as a distance from an index already below `n`, so no index wraps, whatever `n`.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn step(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let n = arrayLength(&param);
+    let n = units();
     let width = WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION;
     let stride = nwg.x * nwg.y * width;
     var first = (wid.x + wid.y * nwg.x) * width + lid;
@@ -48,7 +40,7 @@ fn step(
             // Compared as a distance from `first` (< n), so no sum can wrap.
             let offset = k * WORKGROUP_SIZE;
             if offset < n - first {
-                update(first + offset);
+                visit(first + offset);
             }
         }
         if stride >= n - first {

@@ -1,9 +1,15 @@
-// The bandwidth roofline: copies the gradient binding into the parameter binding through the
-// optimizers' own bindings 1 and 2, entry point and launch shape (it is compiled after
-// `common.wgsl`). Reading 4 bytes and writing 4 per element is the least any elementwise kernel
-// can move, so its throughput is what the optimizers are held to.
+// The bandwidth roofline: copies one f32 binding into another through the optimizers' entry
+// point and launch shape (it is compiled after `common.wgsl`). Reading 4 bytes and writing 4
+// per element is the least any elementwise kernel can move, so its throughput is what the
+// optimizers are held to.
 
-/// One element's update; `step` in common.wgsl calls it for every index of the binding.
-fn update(i: u32) {
-    param[i] = grad[i];
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<f32>;
+
+fn units() -> u32 {
+    return arrayLength(&dst);
+}
+
+fn visit(i: u32) {
+    dst[i] = src[i];
 }

@@ -1,5 +1,5 @@
 // RMSprop, plain, centered and with momentum (torch.optim.RMSprop; optax.rmsprop with
-// EPS_IN_SQRT). Needs `common.wgsl` before it.
+// EPS_IN_SQRT). Compiled after `precision.wgsl`.
 
 /// Keep in sync with `RmspropScalars` in src/optim/rmsprop.rs (a test compares the layouts).
 struct RmspropScalars {
@@ -20,28 +20,27 @@ override CENTERED: bool = false;
 override HAS_MOMENTUM: bool = false;
 
 @group(0) @binding(0) var<uniform> hp: RmspropScalars;
-@group(0) @binding(3) var<storage, read_write> square_avg: array<f32>;
-@group(0) @binding(4) var<storage, read_write> grad_avg: array<f32>;
-@group(0) @binding(5) var<storage, read_write> momentum_buffer: array<f32>;
 
-/// One element's update; `step` in common.wgsl calls it for every index of the binding.
-fn update(i: u32) {
-    let p = param[i];
-    let g = effective_grad(grad[i], p, hp.weight_decay);
-    let v = square_avg[i] * hp.alpha + hp.one_minus_alpha * g * g;
-    square_avg[i] = v;
+/// One element's update (`visit` in precision.wgsl calls it). State: s0 `square_avg`,
+/// s1 `grad_avg`, s2 `momentum_buffer`.
+fn update(x: Element) -> Element {
+    var e = x;
+    let g = effective_grad(e.grad, e.param, hp.weight_decay);
+    let v = e.s0 * hp.alpha + hp.one_minus_alpha * g * g;
+    e.s0 = v;
     var s = v;
     if CENTERED {
-        let ga = torch_lerp(grad_avg[i], g, hp.one_minus_alpha, hp.lerp_complement);
-        grad_avg[i] = ga;
+        let ga = torch_lerp(e.s1, g, hp.one_minus_alpha, hp.lerp_complement);
+        e.s1 = ga;
         s = v + -ga * ga;
     }
     let avg = denominator(s, hp.eps);
     if HAS_MOMENTUM {
-        let b = momentum_buffer[i] * hp.momentum + g / avg;
-        momentum_buffer[i] = b;
-        param[i] = p + -hp.lr * b;
+        let b = e.s2 * hp.momentum + g / avg;
+        e.s2 = b;
+        e.param = e.param + -hp.lr * b;
     } else {
-        param[i] = p + -hp.lr * (g / avg);
+        e.param = e.param + -hp.lr * (g / avg);
     }
+    return e;
 }

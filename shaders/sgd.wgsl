@@ -1,4 +1,4 @@
-// SGD with momentum, dampening and Nesterov (torch.optim.SGD). Needs `common.wgsl` before it.
+// SGD with momentum, dampening and Nesterov (torch.optim.SGD). Compiled after `precision.wgsl`.
 
 /// Keep in sync with `SgdScalars` in src/optim/sgd.rs (a test compares the layouts).
 struct SgdScalars {
@@ -18,23 +18,23 @@ override HAS_MOMENTUM: bool = false;
 override NESTEROV: bool = false;
 
 @group(0) @binding(0) var<uniform> hp: SgdScalars;
-@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<f32>;
 
-/// One element's update; `step` in common.wgsl calls it for every index of the binding.
-fn update(i: u32) {
-    let p = param[i];
-    var d = effective_grad(grad[i], p, hp.weight_decay);
+/// One element's update (`visit` in precision.wgsl calls it). State: s0 `momentum_buffer`.
+fn update(x: Element) -> Element {
+    var e = x;
+    var d = effective_grad(e.grad, e.param, hp.weight_decay);
     if HAS_MOMENTUM {
         var b = d;
         if hp.first_step == 0u {
-            b = momentum_buffer[i] * hp.momentum + hp.one_minus_dampening * d;
+            b = e.s0 * hp.momentum + hp.one_minus_dampening * d;
         }
-        momentum_buffer[i] = b;
+        e.s0 = b;
         if NESTEROV {
             d = d + hp.momentum * b;
         } else {
             d = b;
         }
     }
-    param[i] = p + -hp.lr * d;
+    e.param = e.param + -hp.lr * d;
+    return e;
 }

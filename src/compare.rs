@@ -10,6 +10,9 @@ pub struct Tolerance {
 }
 
 impl Tolerance {
+    /// Bit for bit (up to the sign of zero): any difference fails.
+    pub const EXACT: Tolerance = Tolerance { abs: 0.0, rel: 0.0 };
+
     /// The default for f32 trajectories: `1e-6 + 1e-5·|ref|`.
     pub const F32: Tolerance = Tolerance {
         abs: 1e-6,

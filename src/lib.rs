@@ -16,5 +16,5 @@ pub use compare::{ErrorStats, Tolerance};
 pub use error::{Error, Result};
 pub use gpu::{BufferRange, BufferSet, Gpu, GpuCopy, GpuOptimizer, GpuOptions, Piece};
 pub use model::{ModelLayout, ModelOptimizer, Segment, TensorSpec};
-pub use optim::{Adadelta, Adagrad, Adam, Optimizer, Rmsprop, Sgd};
+pub use optim::{Adadelta, Adagrad, Adam, HalfFormat, Optimizer, Precision, Rmsprop, Sgd};
 pub use reference::CpuOptimizer;

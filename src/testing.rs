@@ -13,9 +13,9 @@ use rand_distr::StandardNormal;
 
 use crate::compare::{ErrorStats, Tolerance};
 use crate::error::Result;
-use crate::gpu::{BufferSet, Gpu, GpuOptimizer};
+use crate::gpu::{BufferRange, BufferSet, Gpu, GpuOptimizer};
 use crate::model::TensorSpec;
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, Precision};
 use crate::reference::{CpuOptimizer, Execution};
 
 /// Environment variable that turns a missing adapter from a failure into a skip.
@@ -128,6 +128,8 @@ pub fn schedule(base: f64, t: u64) -> f64 {
 pub struct CaseReport {
     /// The configuration run.
     pub optimizer: Optimizer,
+    /// Its storage precision.
+    pub precision: Precision,
     /// Elements.
     pub size: usize,
     /// Worst errors per tensor: `param`, then each state tensor.
@@ -193,6 +195,81 @@ pub fn gpu_against_cpu(
     }
     Ok(CaseReport {
         optimizer: config.clone(),
+        precision: Precision::F32,
+        size,
+        tensors,
+    })
+}
+
+/// [`gpu_against_cpu`] in `precision`. In a 16-bit precision the seeded parameters and each
+/// gradient are rounded to the format, the tensors live in one buffer each (so up to
+/// `max_buffer_size`), and the master, where there is one, is compared too.
+pub fn gpu_against_cpu_in(
+    gpu: &Gpu,
+    config: &Optimizer,
+    precision: Precision,
+    size: usize,
+    steps: u64,
+    seed: u64,
+    tol: &Tolerance,
+) -> Result<CaseReport> {
+    let Some(format) = precision.half_format() else {
+        return gpu_against_cpu(gpu, config, size, steps, seed, tol);
+    };
+    let round = |values: &[f32]| {
+        values
+            .iter()
+            .map(|&x| format.round(x))
+            .collect::<Vec<u16>>()
+    };
+    let widen = |bits: &[u16]| bits.iter().map(|&b| format.widen(b)).collect::<Vec<f32>>();
+    let mut problem = RandomProblem::new(size, seed);
+    let mut cpu_params = round(&problem.params);
+    let params = gpu.upload_half("validate/params", &cpu_params)?;
+    let grads = gpu.upload_half("validate/grads", &vec![0; size])?;
+    let mut gpu_opt = GpuOptimizer::with_precision(
+        gpu,
+        config.clone(),
+        precision,
+        BufferRange::half(&params, size),
+        BufferRange::half(&grads, size),
+    )?;
+    let mut cpu_opt = CpuOptimizer::with_precision(config.clone(), precision, size)?
+        .with_execution(Execution::Fast);
+    let mut tensors: Vec<(&'static str, ErrorStats)> = vec![("param", ErrorStats::default())];
+    tensors.extend(
+        config
+            .state_names()
+            .into_iter()
+            .map(|n| (n, ErrorStats::default())),
+    );
+    if precision.has_master() {
+        tensors.push(("master", ErrorStats::default()));
+    }
+    for t in 1..=steps {
+        let g = round(&problem.next_grad());
+        let lr = schedule(config.lr(), t);
+        gpu.write_half(&grads, 0, &g)?;
+        gpu_opt.step_with_lr(gpu, lr)?;
+        cpu_opt.step_half(&mut cpu_params, &g, lr)?;
+        let (params_stats, rest) = tensors.split_first_mut().expect("the parameters");
+        params_stats
+            .1
+            .add(tol, t, &gpu_opt.read_params(gpu)?, &widen(&cpu_params));
+        let gpu_state = gpu_opt.read_state(gpu)?;
+        for ((_, stats), ((_, got), (_, want))) in
+            rest.iter_mut().zip(gpu_state.iter().zip(cpu_opt.state()))
+        {
+            stats.add(tol, t, got, want.as_slice().expect("contiguous state"));
+        }
+        if let Some(master) = cpu_opt.master() {
+            let stats = &mut tensors.last_mut().expect("the master").1;
+            stats.add(tol, t, &gpu_opt.read_master(gpu)?, master);
+        }
+    }
+    Ok(CaseReport {
+        optimizer: config.clone(),
+        precision,
         size,
         tensors,
     })

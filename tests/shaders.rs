@@ -1,11 +1,15 @@
 //! Shader validation without a GPU: every kernel any optimizer runs parses and validates with
-//! naga, its uniform struct has the layout of its Rust twin, its state bindings carry the names
-//! the host uses, and every override the host sets exists. The kernels come from the
+//! naga, its uniform struct has the layout of its Rust twin, it binds the host's layout and
+//! names its state as the host does, and every override the host sets exists. The kernels come from the
 //! optimizers' own descriptions, so a new optimizer is checked here without a line changed.
 
 use fusedopt::Optimizer;
-use fusedopt::kernels::{self, ENTRY_POINT, FIRST_STATE_BINDING, LaunchShape, UNIFORM_BINDING};
-use fusedopt::optim::KernelSpec;
+use fusedopt::Precision;
+use fusedopt::kernels::{
+    self, CHUNK_BINDING, ENTRY_POINT, LaunchShape, MASTER_BINDING, STEP_BITS_BINDING,
+    UNIFORM_BINDING,
+};
+use fusedopt::optim::{KernelSpec, MAX_STATE};
 use fusedopt::testing::variants;
 use wgpu::naga;
 
@@ -117,30 +121,46 @@ fn uniform_structs_match_their_rust_twins() {
 }
 
 #[test]
-fn state_bindings_carry_the_hosts_names() {
+fn every_kernel_binds_the_hosts_layout_and_names_its_state() {
     for (spec, fullest) in kernels() {
         let module = parse(spec.name, &kernels::source(spec));
-        let mut bound: Vec<(u32, String)> = module
+        let mut bound: Vec<(u32, naga::AddressSpace)> = module
             .global_variables
             .iter()
-            .filter_map(|(_, v)| {
-                let b = v.binding.as_ref()?;
-                (b.binding >= FIRST_STATE_BINDING)
-                    .then(|| (b.binding, v.name.clone().unwrap_or_default()))
-            })
+            .filter_map(|(_, v)| Some((v.binding.as_ref()?.binding, v.space)))
             .collect();
-        bound.sort();
-        let wgsl: Vec<&str> = bound.iter().map(|(_, n)| n.as_str()).collect();
-        assert_eq!(wgsl, spec.state, "{}: state bindings in order", spec.name);
+        bound.sort_by_key(|(b, _)| *b);
+        let numbers: Vec<u32> = bound.iter().map(|(b, _)| *b).collect();
+        assert_eq!(
+            numbers,
+            (0..=MASTER_BINDING).collect::<Vec<_>>(),
+            "{}",
+            spec.name
+        );
+        for (binding, space) in bound {
+            let uniform = [UNIFORM_BINDING, CHUNK_BINDING, STEP_BITS_BINDING].contains(&binding);
+            assert_eq!(
+                matches!(space, naga::AddressSpace::Uniform),
+                uniform,
+                "{}: binding {binding} is {space:?}",
+                spec.name
+            );
+        }
+        // The update reads its state as `s0`.. in the spec's order, and says which is which.
+        for (k, name) in spec.state.iter().enumerate() {
+            assert!(
+                spec.source.contains(&format!("s{k} `{name}`")),
+                "{}: the update names s{k} `{name}`",
+                spec.name
+            );
+        }
+        assert!(spec.state.len() <= MAX_STATE, "{}", spec.name);
         assert_eq!(
             fullest.state_names(),
             spec.state,
             "{}: some option set uses every state binding",
             spec.name
         );
-        let numbers: Vec<u32> = bound.iter().map(|(b, _)| *b).collect();
-        let expected: Vec<u32> = (FIRST_STATE_BINDING..).take(wgsl.len()).collect();
-        assert_eq!(numbers, expected, "{}: contiguous bindings", spec.name);
     }
 }
 
@@ -155,7 +175,10 @@ fn every_override_the_host_sets_exists() {
             .filter_map(|(_, o)| o.name.clone())
             .collect();
         let launch = LaunchShape::default().overrides();
-        for (key, _) in config.overrides().into_iter().chain(launch) {
+        let storage = Precision::ALL
+            .into_iter()
+            .flat_map(|p| kernels::precision_overrides(p, &[true; MAX_STATE]));
+        for (key, _) in config.overrides().into_iter().chain(launch).chain(storage) {
             assert!(
                 declared.iter().any(|d| d == key),
                 "{}: override {key} not declared",

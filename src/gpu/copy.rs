@@ -28,7 +28,7 @@ impl GpuCopy {
             params: to,
             grads: from,
         };
-        check_pieces(gpu, &[piece], ("to", "from"))?;
+        check_pieces(gpu, &[piece], ("to", "from"), 4)?;
         let overrides = gpu.launch_shape().overrides();
         let kernel = gpu.pipelines.get_or_build("copy", &overrides, || {
             gpu.scoped("building the copy kernel", || {

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::kernels::{Grid, Kernel, LaunchShape, PipelineCache};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, Precision};
 use health::Health;
 
 /// How long a wait for the GPU may take before it is reported as a [`Error::Timeout`].
@@ -195,11 +195,13 @@ impl Gpu {
         self.timeout = timeout;
     }
 
-    /// The kernel of `config` in the current launch shape, compiled on this device once per set
-    /// of override values.
-    pub(crate) fn kernel(&self, config: &Optimizer) -> Result<Arc<Kernel>> {
+    /// The kernel of `config` in `precision` and the current launch shape, compiled on this
+    /// device once per set of override values.
+    pub(crate) fn kernel(&self, config: &Optimizer, precision: Precision) -> Result<Arc<Kernel>> {
         let spec = config.kernel();
+        let used: Vec<bool> = config.state_slots().iter().map(Option::is_some).collect();
         let mut overrides = config.overrides();
+        overrides.extend(crate::kernels::precision_overrides(precision, &used));
         overrides.extend(self.launch.overrides());
         self.pipelines.get_or_build(spec.name, &overrides, || {
             self.scoped(&format!("building the {} kernel", spec.name), || {

@@ -6,18 +6,28 @@ use super::Gpu;
 use super::range::{BufferRange, Piece, check_pieces};
 use crate::error::{Error, Result};
 use crate::kernels::{
-    Chunked, FIRST_STATE_BINDING, GRAD_BINDING, Kernel, PARAM_BINDING, UNIFORM_BINDING, elements,
+    CHUNK_BINDING, CHUNK_SIZE, Chunked, FIRST_STATE_BINDING, GRAD_BINDING, Kernel, MASTER_BINDING,
+    PARAM_BINDING, STEP_BITS_BINDING, STEP_BITS_OFFSET, STEP_BITS_SIZE, UNIFORM_BINDING, elements,
 };
-use crate::optim::{Optimizer, StateSlot};
+use crate::optim::{MAX_STATE, Optimizer, Precision, StateSlot};
 
-/// What the optimizer keeps of one piece: where its parameters are, and its state.
+/// What the optimizer keeps of one piece: where its parameters are, its state and master.
 #[derive(Debug)]
 struct PieceState {
     params: wgpu::Buffer,
     offset: u64,
     len: usize,
     state: Vec<(StateSlot, wgpu::Buffer)>,
+    master: Option<wgpu::Buffer>,
 }
+
+/// Offset of one chunk's `Chunk` uniform from the next in a piece's chunk buffer: the largest
+/// uniform offset alignment a device may ask for.
+const CHUNK_STRIDE: u64 = 256;
+
+/// Most 16-bit words bound at once, so that a chunk's element count (twice that) fits the
+/// kernel's `u32`.
+const MAX_CHUNK_WORDS: u64 = 1 << 30;
 
 /// An optimizer bound to a parameter set and its gradients: it owns the optimizer state on the
 /// GPU and steps all elements with one fused kernel, one dispatch per chunk.
@@ -31,6 +41,7 @@ pub struct GpuOptimizer {
     /// The device everything below lives on; calls with a context of another are refused.
     device: wgpu::Device,
     config: Optimizer,
+    precision: Precision,
     kernel: Arc<Kernel>,
     len: usize,
     pieces: Vec<PieceState>,
@@ -64,71 +75,160 @@ impl GpuOptimizer {
         config: impl Into<Optimizer>,
         pieces: &[Piece<'_>],
     ) -> Result<Self> {
+        Self::with_pieces_in(gpu, config, Precision::F32, pieces)
+    }
+
+    /// Creates the optimizer in `precision` for `params` and `grads`, which hold 16-bit
+    /// values (two to a word, the first in the low half) when the precision is 16-bit: give
+    /// their length in 16-bit elements ([`BufferRange::half`]; `&buffer` counts 4-byte ones).
+    /// A master copy starts as the parameters widened ([`Self::write_master`] sets another),
+    /// read back once, so the parameters then need `COPY_SRC` usage.
+    pub fn with_precision<'a>(
+        gpu: &Gpu,
+        config: impl Into<Optimizer>,
+        precision: Precision,
+        params: impl Into<BufferRange<'a>>,
+        grads: impl Into<BufferRange<'a>>,
+    ) -> Result<Self> {
+        let piece = Piece {
+            params: params.into(),
+            grads: grads.into(),
+        };
+        Self::with_pieces_in(gpu, config, precision, &[piece])
+    }
+
+    /// [`Self::with_pieces`] in `precision` (see [`Self::with_precision`]).
+    pub fn with_pieces_in(
+        gpu: &Gpu,
+        config: impl Into<Optimizer>,
+        precision: Precision,
+        pieces: &[Piece<'_>],
+    ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        check_pieces(gpu, pieces, ("params", "grads"))?;
-        let kernel = gpu.kernel(&config)?;
+        check_pieces(gpu, pieces, ("params", "grads"), precision.param_bytes())?;
+        let kernel = gpu.kernel(&config, precision)?;
         let spec = config.kernel();
         let name = config.name();
         let slots = config.state_slots();
         let uniform = gpu.scoped("allocating the uniform", || {
             gpu.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{name}/scalars")),
-                size: spec.uniform.size as u64,
+                size: STEP_BITS_OFFSET + STEP_BITS_SIZE,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         })?;
+        let placeholder = gpu.zeros(&format!("{name}/unused"), 1)?;
+        let half = precision.half_format().is_some();
+        let grid = gpu.grid();
+        let chunk_units = if half {
+            grid.chunk_elements.min(MAX_CHUNK_WORDS)
+        } else {
+            grid.chunk_elements
+        };
+        let per_unit = if half { 2 } else { 1 };
 
-        // Per state binding: the state the configuration keeps, or, where it uses none, a
-        // one-element placeholder that the override constants keep the kernel from touching.
-        let bindings = slots
-            .iter()
-            .map(|slot| match slot {
-                Some(slot) => Ok(Binding::State(*slot)),
-                None => gpu.zeros(&format!("{name}/unused"), 1).map(Binding::Unused),
-            })
-            .collect::<Result<Vec<_>>>()?;
         let mut dispatches = Chunked::default();
         let mut states = Vec::with_capacity(pieces.len());
+        let mut base = 0u64;
         for (index, piece) in pieces.iter().enumerate() {
             let (params, grads) = (piece.params, piece.grads);
-            let bound = bindings
+            let len = params.len as u64;
+            // Per state binding: the state the configuration keeps, or, where it uses none
+            // (and past the kernel's own), the placeholder the override constants keep the
+            // kernel from touching.
+            let mut bound = Vec::with_capacity(MAX_STATE);
+            for slot in slots
                 .iter()
-                .map(|binding| match binding {
-                    Binding::State(slot) => {
+                .copied()
+                .chain(std::iter::repeat(None))
+                .take(MAX_STATE)
+            {
+                bound.push(match slot {
+                    Some(slot) => {
                         let label = format!("{name}/{}#{index}", slot.name);
-                        let buffer = gpu.zeros(&label, params.len)?;
-                        if slot.init != 0.0 {
-                            gpu.fill(&buffer, 0, params.len as u64, slot.init)?;
-                        }
-                        Ok((buffer, Some(*slot)))
+                        (
+                            state_buffer(gpu, &label, precision, len, slot.init)?,
+                            Some(slot),
+                        )
                     }
-                    Binding::Unused(placeholder) => Ok((placeholder.clone(), None)),
-                })
-                .collect::<Result<Vec<_>>>()?;
+                    None => (placeholder.clone(), None),
+                });
+            }
+            let master = if precision.has_master() {
+                let format = precision
+                    .half_format()
+                    .expect("a master has 16-bit parameters");
+                let widened: Vec<f32> = gpu
+                    .download_half(params.buffer, params.offset, params.len)?
+                    .into_iter()
+                    .map(|bits| format.widen(bits))
+                    .collect();
+                Some(gpu.upload(&format!("{name}/master#{index}"), &widened)?)
+            } else {
+                None
+            };
+            let units = len.div_ceil(per_unit);
+            let chunks = units.div_ceil(chunk_units);
+            let chunk_info = chunk_buffer(
+                gpu,
+                &format!("{name}/chunks#{index}"),
+                len,
+                base,
+                chunks,
+                chunk_units * per_unit,
+            )?;
+            // Word offsets of the ranges (their byte offsets are aligned, so whole words).
+            let word = |range: &BufferRange<'_>| range.offset * precision.param_bytes() / 4;
+            let (param_word, grad_word) = (word(&params), word(&grads));
+            let mut chunk_index = 0;
             gpu.scoped("creating bind groups", || {
                 dispatches.extend(
                     gpu.device(),
                     &kernel,
                     &format!("{name}#{index}"),
-                    params.len as u64,
-                    gpu.grid(),
+                    units,
+                    crate::kernels::Grid {
+                        chunk_elements: chunk_units,
+                        ..grid
+                    },
                     |start, n| {
+                        let first = start * per_unit;
+                        let count = (n * per_unit).min(len - first);
                         let mut entries = vec![
-                            entry(UNIFORM_BINDING, uniform.as_entire_binding()),
+                            entry(
+                                UNIFORM_BINDING,
+                                uniform_range(&uniform, 0, spec.uniform.size as u64),
+                            ),
                             entry(
                                 PARAM_BINDING,
-                                elements(params.buffer, params.offset + start, n),
+                                elements(params.buffer, param_word + start, n),
+                            ),
+                            entry(GRAD_BINDING, elements(grads.buffer, grad_word + start, n)),
+                            entry(
+                                CHUNK_BINDING,
+                                uniform_range(&chunk_info, chunk_index * CHUNK_STRIDE, CHUNK_SIZE),
                             ),
                             entry(
-                                GRAD_BINDING,
-                                elements(grads.buffer, grads.offset + start, n),
+                                STEP_BITS_BINDING,
+                                uniform_range(&uniform, STEP_BITS_OFFSET, STEP_BITS_SIZE),
+                            ),
+                            entry(
+                                MASTER_BINDING,
+                                match &master {
+                                    Some(m) => elements(m, first, count),
+                                    None => elements(&placeholder, 0, 1),
+                                },
                             ),
                         ];
+                        chunk_index += 1;
                         let state = (FIRST_STATE_BINDING..).zip(&bound);
                         entries.extend(state.map(|(binding, (buffer, slot))| match slot {
-                            Some(_) => entry(binding, elements(buffer, start, n)),
+                            Some(_) if precision.state_bytes() == 2 => {
+                                entry(binding, elements(buffer, start, n))
+                            }
+                            Some(_) => entry(binding, elements(buffer, first, count)),
                             None => entry(binding, elements(buffer, 0, 1)),
                         }));
                         entries
@@ -144,12 +244,15 @@ impl GpuOptimizer {
                 offset: params.offset,
                 len: params.len,
                 state,
+                master,
             });
+            base += len;
         }
 
         Ok(Self {
             device: gpu.device().clone(),
             config,
+            precision,
             kernel,
             len: states.iter().map(|p| p.len).sum(),
             pieces: states,
@@ -157,6 +260,11 @@ impl GpuOptimizer {
             dispatches,
             step: 0,
         })
+    }
+
+    /// The storage precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The configuration.
@@ -244,6 +352,7 @@ impl GpuOptimizer {
         crate::optim::non_negative(self.config.name(), "lr", lr)?;
         let step = self.step + 1;
         let scalars = self.config.uniform(step, lr);
+        let key = self.precision.step_key(step);
         let source = gpu.scoped("writing a step's scalars", || {
             let source = gpu.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("fusedopt/step scalars"),
@@ -257,7 +366,7 @@ impl GpuOptimizer {
                     what: "a step's scalars".into(),
                     source: Box::new(e),
                 })?
-                .copy_from_slice(scalars.as_bytes());
+                .copy_from_slice(&uniform_bytes(scalars.as_bytes(), key));
             source.unmap();
             Ok(source)
         })??;
@@ -327,18 +436,64 @@ impl GpuOptimizer {
         })
     }
 
-    /// Reads the parameters back (all pieces, in order).
+    /// Reads the parameters back (all pieces, in order), widened to f32 in a 16-bit
+    /// precision (exactly).
     pub fn read_params(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         self.check_device(gpu)?;
         let mut out = Vec::with_capacity(self.len);
         for piece in &self.pieces {
-            out.extend(gpu.download(&piece.params, piece.offset, piece.len)?);
+            match self.precision.half_format() {
+                Some(format) => out.extend(
+                    gpu.download_half(&piece.params, piece.offset, piece.len)?
+                        .into_iter()
+                        .map(|bits| format.widen(bits)),
+                ),
+                None => out.extend(gpu.download(&piece.params, piece.offset, piece.len)?),
+            }
         }
         Ok(out)
     }
 
+    /// Reads the f32 master copy back (all pieces, in order); an error without one.
+    pub fn read_master(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.check_device(gpu)?;
+        let mut out = Vec::with_capacity(self.len);
+        for piece in &self.pieces {
+            out.extend(gpu.download(self.master_of(piece)?, 0, piece.len)?);
+        }
+        Ok(out)
+    }
+
+    /// Sets the f32 master copy (all pieces, in order), as a run that starts from an f32
+    /// checkpoint does; the parameters stay as they are until the next step rounds the
+    /// master into them. An error without a master or for a wrong length, changing nothing.
+    pub fn write_master(&self, gpu: &Gpu, values: &[f32]) -> Result<()> {
+        self.check_device(gpu)?;
+        if values.len() != self.len {
+            return Err(Error::LengthMismatch {
+                what: "master".into(),
+                expected: self.len,
+                got: values.len(),
+            });
+        }
+        let mut rest = values;
+        for piece in &self.pieces {
+            let (head, tail) = rest.split_at(piece.len);
+            gpu.write(self.master_of(piece)?, 0, head)?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    fn master_of<'p>(&self, piece: &'p PieceState) -> Result<&'p wgpu::Buffer> {
+        piece.master.as_ref().ok_or_else(|| Error::InvalidSetting {
+            what: "master".into(),
+            message: format!("the {} precision keeps no master copy", self.precision),
+        })
+    }
+
     /// Reads every state tensor back (all pieces, in order), by PyTorch's state name, in
-    /// binding order.
+    /// binding order, widened to f32 where it is 16-bit.
     pub fn read_state(&self, gpu: &Gpu) -> Result<Vec<(&'static str, Vec<f32>)>> {
         self.check_device(gpu)?;
         let slots = self.pieces.first().map_or(0, |p| p.state.len());
@@ -346,7 +501,15 @@ impl GpuOptimizer {
             .map(|k| {
                 let mut values = Vec::with_capacity(self.len);
                 for piece in &self.pieces {
-                    values.extend(gpu.download(&piece.state[k].1, 0, piece.len)?);
+                    let buffer = &piece.state[k].1;
+                    match (self.precision, self.precision.half_format()) {
+                        (Precision::Half(_), Some(format)) => values.extend(
+                            gpu.download_half(buffer, 0, piece.len)?
+                                .into_iter()
+                                .map(|bits| format.widen(bits)),
+                        ),
+                        _ => values.extend(gpu.download(buffer, 0, piece.len)?),
+                    }
                 }
                 Ok((self.pieces[0].state[k].0.name, values))
             })
@@ -354,12 +517,95 @@ impl GpuOptimizer {
     }
 }
 
-/// What a state binding of the kernel is bound to.
-enum Binding {
-    /// A state tensor, allocated per piece.
-    State(StateSlot),
-    /// The optimizer's one-element placeholder.
-    Unused(wgpu::Buffer),
+/// A state tensor of `len` elements in `precision`'s state storage, every element `init`
+/// (rounded to the 16-bit format where the state is 16-bit).
+fn state_buffer(
+    gpu: &Gpu,
+    label: &str,
+    precision: Precision,
+    len: u64,
+    init: f32,
+) -> Result<wgpu::Buffer> {
+    match (precision, precision.half_format()) {
+        (Precision::Half(_), Some(format)) => {
+            let words = len.div_ceil(2);
+            let buffer = gpu.zeros(label, words as usize)?;
+            let bits = u32::from(format.round(init));
+            if bits != 0 {
+                gpu.fill(&buffer, 0, words, f32::from_bits(bits | bits << 16))?;
+            }
+            Ok(buffer)
+        }
+        _ => {
+            let buffer = gpu.zeros(label, len as usize)?;
+            if init != 0.0 {
+                gpu.fill(&buffer, 0, len, init)?;
+            }
+            Ok(buffer)
+        }
+    }
+}
+
+/// The `Chunk` uniforms of a piece of `len` elements starting at element `base` of the whole
+/// set, cut into `chunks` chunks of `per_chunk` elements (the last one shorter), each at a
+/// multiple of [`CHUNK_STRIDE`].
+fn chunk_buffer(
+    gpu: &Gpu,
+    label: &str,
+    len: u64,
+    base: u64,
+    chunks: u64,
+    per_chunk: u64,
+) -> Result<wgpu::Buffer> {
+    let mut bytes = vec![0u8; (chunks * CHUNK_STRIDE) as usize];
+    for c in 0..chunks {
+        let first = c * per_chunk;
+        let at = base + first;
+        let fields = [
+            (len - first).min(per_chunk) as u32,
+            at as u32,
+            (at >> 32) as u32,
+            0,
+        ];
+        let offset = (c * CHUNK_STRIDE) as usize;
+        bytes[offset..offset + 16].copy_from_slice(bytemuck::cast_slice(&fields));
+    }
+    gpu.scoped("writing chunk uniforms", || {
+        let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: true,
+        });
+        buffer
+            .get_mapped_range_mut(..)
+            .map_err(|e| Error::Mapping {
+                what: "chunk uniforms".into(),
+                source: Box::new(e),
+            })?
+            .copy_from_slice(&bytes);
+        buffer.unmap();
+        Ok(buffer)
+    })?
+}
+
+/// The bytes of a step's uniform buffer: the optimizer's scalars at 0, the step's random key
+/// at [`STEP_BITS_OFFSET`].
+fn uniform_bytes(scalars: &[u8], key: [u32; 2]) -> Vec<u8> {
+    let mut bytes = vec![0u8; (STEP_BITS_OFFSET + STEP_BITS_SIZE) as usize];
+    bytes[..scalars.len()].copy_from_slice(scalars);
+    let at = STEP_BITS_OFFSET as usize;
+    bytes[at..at + 8].copy_from_slice(bytemuck::cast_slice(&key));
+    bytes
+}
+
+/// `size` bytes of a uniform buffer from `offset`.
+fn uniform_range(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: std::num::NonZeroU64::new(size),
+    })
 }
 
 /// The scalars of one step in a buffer of their own, not yet recorded.

@@ -1,4 +1,5 @@
-//! What a caller hands the optimizers: ranges of f32 in its own buffers, and the checks that
+//! What a caller hands the optimizers: ranges of f32 (or 16-bit values) in its own buffers,
+//! and the checks that
 //! make a bad range an error before anything is created: usage, bounds, alignment, the device
 //! the buffer belongs to, and ranges that alias or overlap.
 
@@ -9,19 +10,21 @@ use super::Gpu;
 use crate::error::{Error, Result};
 use crate::kernels::storage_entry;
 
-/// `len` f32 elements of a buffer, starting at element `offset`.
+/// `len` elements of a buffer, starting at element `offset`: f32, or for an optimizer in a
+/// 16-bit [`crate::Precision`], 16-bit values two to a word.
 #[derive(Clone, Copy, Debug)]
 pub struct BufferRange<'a> {
     /// The buffer; it needs `STORAGE` usage (and `COPY_SRC` to be read back).
     pub buffer: &'a wgpu::Buffer,
-    /// First element; `offset * 4` must be a multiple of the device's storage offset alignment.
+    /// First element; its byte offset must be a multiple of the device's storage offset
+    /// alignment.
     pub offset: u64,
     /// Number of elements.
     pub len: usize,
 }
 
 impl<'a> BufferRange<'a> {
-    /// The whole buffer as f32 elements.
+    /// The whole buffer as f32 elements (also what `&buffer` converts to).
     pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
         Self {
             buffer,
@@ -30,9 +33,20 @@ impl<'a> BufferRange<'a> {
         }
     }
 
-    /// Bytes of the buffer the range covers (after [`check_range`], this cannot overflow).
-    fn bytes(&self) -> Range<u64> {
-        self.offset * 4..(self.offset + self.len as u64) * 4
+    /// The first `len` 16-bit elements of a buffer, for an optimizer in a 16-bit precision
+    /// (a whole buffer as [`BufferRange::whole`] counts 4-byte elements, half as many).
+    pub fn half(buffer: &'a wgpu::Buffer, len: usize) -> Self {
+        Self {
+            buffer,
+            offset: 0,
+            len,
+        }
+    }
+
+    /// Bytes of the buffer the range binds with elements of `size` bytes, to the end of its
+    /// last word (after [`check_range`], this cannot overflow).
+    fn bytes(&self, size: u64) -> Range<u64> {
+        self.offset * size..((self.offset + self.len as u64) * size).next_multiple_of(4)
     }
 }
 
@@ -56,11 +70,13 @@ pub struct Piece<'a> {
 /// Checks the pieces of one parameter set: every range usable on `gpu`, gradients as long as
 /// their parameters, no two ranges of a piece in one buffer, and no range overlapping a
 /// parameter range of another piece (it would be stepped twice, or read while written).
-/// `names` calls the two ranges in errors (`params` and `grads` for an optimizer).
+/// `names` calls the two ranges in errors (`params` and `grads` for an optimizer); elements
+/// are `size` bytes (4 or 2).
 pub(crate) fn check_pieces(
     gpu: &Gpu,
     pieces: &[Piece<'_>],
     (written, read): (&str, &str),
+    size: u64,
 ) -> Result<()> {
     if pieces.is_empty() {
         return Err(Error::InvalidBuffer {
@@ -69,8 +85,8 @@ pub(crate) fn check_pieces(
         });
     }
     for piece in pieces {
-        check_range(gpu, written, &piece.params)?;
-        check_range(gpu, read, &piece.grads)?;
+        check_range(gpu, written, &piece.params, size)?;
+        check_range(gpu, read, &piece.grads, size)?;
         if piece.grads.len != piece.params.len {
             return Err(Error::LengthMismatch {
                 what: read.into(),
@@ -97,13 +113,13 @@ pub(crate) fn check_pieces(
                 (read, &piece.grads, &other.params),
                 (written, &piece.params, &other.grads),
             ] {
-                if overlap(a, b) {
+                if overlap(a, b, size) {
                     return Err(Error::InvalidBuffer {
                         what: what.into(),
                         message: format!(
-                            "pieces {k} and {j} overlap: elements {:?} and {:?} of one buffer",
-                            a.bytes().start / 4..a.bytes().end / 4,
-                            b.bytes().start / 4..b.bytes().end / 4
+                            "pieces {k} and {j} overlap: bytes {:?} and {:?} of one buffer",
+                            a.bytes(size),
+                            b.bytes(size)
                         ),
                     });
                 }
@@ -113,8 +129,9 @@ pub(crate) fn check_pieces(
     Ok(())
 }
 
-/// A range must be non-empty, inside its buffer, aligned, and a storage buffer.
-fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>) -> Result<()> {
+/// A range of `size`-byte elements must be non-empty, inside its buffer (to the end of its last
+/// word), aligned, and a storage buffer.
+fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>, size: u64) -> Result<()> {
     let invalid = |message: String| Error::InvalidBuffer {
         what: what.to_string(),
         message,
@@ -126,19 +143,22 @@ fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>) -> Result<()> {
     if !range.buffer.usage().contains(usage) {
         return Err(invalid(format!("the buffer lacks {usage:?} usage")));
     }
-    let capacity = range.buffer.size() / 4;
+    let capacity = range.buffer.size() / size;
     let end = range.offset.saturating_add(range.len as u64);
-    if end > capacity {
+    let words_end = end.saturating_mul(size).next_multiple_of(4);
+    if end > capacity || words_end > range.buffer.size() {
         return Err(invalid(format!(
-            "elements {}..{end} lie outside a buffer of {capacity} elements",
+            "elements {}..{end} of {size} bytes (to the end of the last 4-byte word) lie \
+             outside a buffer of {} bytes",
             range.offset,
+            range.buffer.size()
         )));
     }
     let align = u64::from(gpu.limits().storage_offset_alignment);
-    if !(range.offset * 4).is_multiple_of(align) {
+    if !(range.offset * size).is_multiple_of(align) {
         return Err(invalid(format!(
             "offset {} bytes is not a multiple of the storage offset alignment {align}",
-            range.offset * 4
+            range.offset * size
         )));
     }
     Ok(())
@@ -205,8 +225,8 @@ fn is_device_mismatch(error: &wgpu::Error) -> bool {
     false
 }
 
-/// Whether two ranges share an element of one buffer.
-fn overlap(a: &BufferRange<'_>, b: &BufferRange<'_>) -> bool {
-    let (a_bytes, b_bytes) = (a.bytes(), b.bytes());
+/// Whether two ranges of `size`-byte elements share a word of one buffer.
+fn overlap(a: &BufferRange<'_>, b: &BufferRange<'_>, size: u64) -> bool {
+    let (a_bytes, b_bytes) = (a.bytes(size), b.bytes(size));
     a.buffer == b.buffer && a_bytes.start < b_bytes.end && b_bytes.start < a_bytes.end
 }

@@ -148,6 +148,65 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// Uploads 16-bit values (bf16 or f16 bits) into a new storage buffer, two to a word (the
+    /// first in the low half), the last word's upper half zero when their number is odd.
+    pub fn upload_half(&self, label: &str, data: &[u16]) -> Result<wgpu::Buffer> {
+        let words = pack_words(data, |_| 0);
+        self.upload(label, bytemuck::cast_slice(&words))
+    }
+
+    /// Writes 16-bit values into `buffer` from 16-bit element `offset` (even: whole words).
+    /// An odd count ends in the lower half of a word whose upper half is read back first and
+    /// kept.
+    pub fn write_half(&self, buffer: &wgpu::Buffer, offset: u64, data: &[u16]) -> Result<()> {
+        if !offset.is_multiple_of(2) {
+            return Err(Error::InvalidBuffer {
+                what: "write target".into(),
+                message: format!("16-bit element {offset} is not at the start of a word"),
+            });
+        }
+        let last = offset / 2 + data.len() as u64 / 2;
+        let upper = if data.len() % 2 == 1 {
+            let word = self.download(buffer, last, 1)?[0].to_bits();
+            (word >> 16) as u16
+        } else {
+            0
+        };
+        let words = pack_words(data, |_| upper);
+        self.write(buffer, offset / 2, bytemuck::cast_slice(&words))
+    }
+
+    /// Reads `len` 16-bit values of `buffer` from 16-bit element `offset` (even).
+    pub fn download_half(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u16>> {
+        if !offset.is_multiple_of(2) {
+            return Err(Error::InvalidBuffer {
+                what: "readback source".into(),
+                message: format!("16-bit element {offset} is not at the start of a word"),
+            });
+        }
+        let words = self.download(buffer, offset / 2, len.div_ceil(2))?;
+        let halves: &[u16] = bytemuck::cast_slice(&words);
+        Ok(halves[..len].to_vec())
+    }
+}
+
+/// 16-bit values two to a word, the first in the low half (little-endian order); an odd last
+/// value's word gets `upper(len)` above it.
+fn pack_words(data: &[u16], upper: impl Fn(usize) -> u16) -> Vec<u32> {
+    data.chunks(2)
+        .map(|pair| {
+            let high = pair.get(1).copied().unwrap_or_else(|| upper(data.len()));
+            u32::from(pair[0]) | u32::from(high) << 16
+        })
+        .collect()
+}
+
 /// Elements `offset..offset + len` must lie inside `buffer`.
 fn check_span(buffer: &wgpu::Buffer, offset: u64, len: usize, verb: &str) -> Result<()> {
     let capacity = buffer.size() / 4;

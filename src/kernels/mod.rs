@@ -1,4 +1,5 @@
-//! Kernels from their descriptions: WGSL composed of `common.wgsl` and an optimizer's own file,
+//! Kernels from their descriptions: WGSL composed of `common.wgsl`, the storage of every
+//! precision (`half.wgsl`, `precision.wgsl`) and an optimizer's own file,
 //! bind-group layouts derived from a [`KernelSpec`], a cache of compiled pipelines, and
 //! dispatch over ranges larger than one binding. This layer knows no concrete optimizer, and it
 //! pushes no error scopes: its callers in `crate::gpu` run every call inside theirs, so that a
@@ -13,10 +14,18 @@ pub(crate) use cache::PipelineCache;
 pub(crate) use dispatch::{Chunked, Grid};
 pub use dispatch::{LaunchShape, workgroups};
 
-use crate::optim::KernelSpec;
+use crate::optim::{HalfFormat, KernelSpec, MAX_STATE, Precision};
 
-/// WGSL shared by every kernel: bindings 1 and 2, indexing and the common update pieces.
+/// WGSL shared by every kernel: the entry point, its launch shape and the common update
+/// pieces.
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+
+/// Exact integer conversions of the 16-bit formats and the random bits of stochastic rounding.
+pub const HALF_WGSL: &str = include_str!("../../shaders/half.wgsl");
+
+/// Every optimizer kernel's bindings 1 to 8 and the loads and stores of each precision around
+/// the optimizer's `update`.
+pub const PRECISION_WGSL: &str = include_str!("../../shaders/precision.wgsl");
 
 /// The copy kernel of the bandwidth roofline, without the common part.
 pub const COPY_WGSL: &str = include_str!("../../shaders/copy.wgsl");
@@ -34,12 +43,61 @@ pub const PARAM_BINDING: u32 = 1;
 pub const GRAD_BINDING: u32 = 2;
 
 /// Binding of the first optimizer-state buffer; the others follow in [`KernelSpec::state`]
-/// order.
+/// order, [`MAX_STATE`] bindings in all (placeholders past the kernel's own).
 pub const FIRST_STATE_BINDING: u32 = 3;
 
-/// The complete module of an optimizer's kernel: `common.wgsl` followed by its own file.
+/// Binding of the chunk's length and first element index (a small uniform per chunk).
+pub const CHUNK_BINDING: u32 = 6;
+
+/// Binding of the per-step values every kernel may read (the stochastic rounding key), in the
+/// same buffer as the optimizer's uniform, at [`STEP_BITS_OFFSET`].
+pub const STEP_BITS_BINDING: u32 = 7;
+
+/// Binding of the f32 master copy of the parameters.
+pub const MASTER_BINDING: u32 = 8;
+
+/// Byte offset of the per-step values in the uniform buffer: past any optimizer's scalars, at
+/// the largest uniform offset alignment wgpu allows a device to ask for.
+pub const STEP_BITS_OFFSET: u64 = 256;
+
+/// Bytes of the per-step values (`StepBits` in `precision.wgsl`).
+pub const STEP_BITS_SIZE: u64 = 16;
+
+/// Bytes of a chunk's uniform (`Chunk` in `precision.wgsl`).
+pub const CHUNK_SIZE: u64 = 16;
+
+/// The complete module of an optimizer's kernel: `common.wgsl`, `half.wgsl`, `precision.wgsl`
+/// and its own file.
 pub fn source(spec: &KernelSpec) -> String {
-    format!("{COMMON_WGSL}\n{}", spec.source)
+    format!(
+        "{COMMON_WGSL}\n{HALF_WGSL}\n{PRECISION_WGSL}\n{}",
+        spec.source
+    )
+}
+
+/// The override constants of `precision.wgsl` for `precision`, with the state tensors `used`
+/// (one flag per binding, in the spec's order).
+pub fn precision_overrides(precision: Precision, used: &[bool]) -> Vec<(&'static str, f64)> {
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let mask = used
+        .iter()
+        .enumerate()
+        .filter(|(_, used)| **used)
+        .fold(0u32, |mask, (k, _)| mask | 1 << k);
+    vec![
+        ("HALF", flag(precision.half_format().is_some())),
+        (
+            "BF16",
+            flag(precision.half_format() != Some(HalfFormat::F16)),
+        ),
+        ("HALF_STATE", flag(matches!(precision, Precision::Half(_)))),
+        ("MASTER", flag(precision.has_master())),
+        (
+            "STOCHASTIC",
+            flag(matches!(precision, Precision::Stochastic { .. })),
+        ),
+        ("STATE_USED", f64::from(mask)),
+    ]
 }
 
 /// The complete copy kernel: `common.wgsl` followed by `copy.wgsl`.
@@ -55,33 +113,28 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
-    /// The kernel `spec` describes, with the given override constants (the optimizer's and
-    /// the [`LaunchShape`]'s).
+    /// The kernel `spec` describes, with the given override constants (the optimizer's, the
+    /// precision's and the [`LaunchShape`]'s).
     pub(crate) fn for_optimizer(
         device: &wgpu::Device,
         spec: &KernelSpec,
         constants: &[(&'static str, f64)],
     ) -> Self {
-        let uniform = wgpu::BindGroupLayoutEntry {
-            binding: UNIFORM_BINDING,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
-                min_binding_size: NonZeroU64::new(spec.uniform.size as u64),
-            },
-            count: None,
-        };
         let mut entries = vec![
-            uniform,
+            uniform_entry(UNIFORM_BINDING, spec.uniform.size as u64),
             storage_entry(PARAM_BINDING, false),
             storage_entry(GRAD_BINDING, true),
         ];
         entries.extend(
             (FIRST_STATE_BINDING..)
-                .take(spec.state.len())
+                .take(MAX_STATE)
                 .map(|binding| storage_entry(binding, false)),
         );
+        entries.extend([
+            uniform_entry(CHUNK_BINDING, CHUNK_SIZE),
+            uniform_entry(STEP_BITS_BINDING, STEP_BITS_SIZE),
+            storage_entry(MASTER_BINDING, false),
+        ]);
         Self::compile(device, spec.name, &source(spec), &entries, constants)
     }
 
@@ -132,7 +185,21 @@ impl Kernel {
     }
 }
 
-/// A storage buffer of f32 (at least one element) seen by compute shaders.
+/// A uniform buffer of `size` bytes seen by compute shaders.
+fn uniform_entry(binding: u32, size: u64) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: NonZeroU64::new(size),
+        },
+        count: None,
+    }
+}
+
+/// A storage buffer of 4-byte words (at least one) seen by compute shaders.
 pub(crate) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -146,7 +213,8 @@ pub(crate) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLay
     }
 }
 
-/// `len` f32 of `buffer` from element `offset`, as a binding resource.
+/// `len` 4-byte words (f32, or two 16-bit values) of `buffer` from word `offset`, as a binding
+/// resource.
 pub(crate) fn elements(buffer: &wgpu::Buffer, offset: u64, len: u64) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
         buffer,

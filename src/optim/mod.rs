@@ -11,6 +11,7 @@ mod adagrad;
 mod adam;
 mod adamw;
 mod hyper;
+mod precision;
 mod rmsprop;
 mod rule;
 mod sgd;
@@ -18,11 +19,13 @@ mod sgd;
 pub use adadelta::{Adadelta, AdadeltaScalars};
 pub use adagrad::{Adagrad, AdagradScalars};
 pub use adam::{Adam, AdamScalars};
+pub use precision::{HalfFormat, Precision, hash32, random_bits, round_bf16_stochastic, step_key};
 pub use rmsprop::{Rmsprop, RmspropScalars};
 pub use rule::{KernelSpec, UniformLayout};
 pub use sgd::{Sgd, SgdScalars};
 
-pub(crate) use rule::{Block, MAX_STATE, Mirror, UniformBlock, Visit};
+pub use rule::MAX_STATE;
+pub(crate) use rule::{Block, Mirror, UniformBlock, Visit};
 use rule::{Rule, pairs, uniform_layout};
 
 use crate::error::{Error, Result};

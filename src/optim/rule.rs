@@ -98,7 +98,7 @@ pub(crate) trait Visit {
 
 /// Most state tensors a kernel binds (a test holds every kernel to it; raise it for one that
 /// binds more).
-pub(crate) const MAX_STATE: usize = 3;
+pub const MAX_STATE: usize = 3;
 
 /// At most a few thousand elements of parameters, gradients and every state slot, all the same
 /// length; slots the configuration does not use hold spare zeros the update never touches.

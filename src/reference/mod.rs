@@ -13,6 +13,7 @@ mod adagrad;
 mod adam;
 mod common;
 mod fast;
+mod precision;
 mod rmsprop;
 mod sgd;
 
@@ -21,7 +22,7 @@ pub use fast::{InstructionSet, TASK as FAST_TASK_ELEMENTS};
 use ndarray::{ArrayView1, ArrayViewMut1};
 
 use crate::error::{Error, Result};
-use crate::optim::{Block, MAX_STATE, Mirror, Optimizer, StateSlot, Visit};
+use crate::optim::{Block, MAX_STATE, Mirror, Optimizer, Precision, StateSlot, Visit};
 
 /// Elements per inner loop. Unused state slots are bound to a spare block of this size, as the
 /// GPU binds placeholders, so that every loop runs over slices of one length and needs no
@@ -50,7 +51,11 @@ pub struct CpuOptimizer {
     /// The fast path's instruction set.
     isa: InstructionSet,
     /// One entry per state binding of the kernel; `None` where the configuration needs none.
+    /// Held in f32 in every precision: 16-bit state holds values of its format only.
     state: Vec<Option<(StateSlot, AlignedVec)>>,
+    precision: Precision,
+    /// The f32 master copy, from the first step (or [`CpuOptimizer::set_master`]) on.
+    master: Option<Vec<f32>>,
 }
 
 /// 64 bytes of f32, aligned to 64: the cache line, and the width of an AVX-512 register.
@@ -111,6 +116,8 @@ impl CpuOptimizer {
             execution: Execution::Reference,
             isa: InstructionSet::widest(),
             state,
+            precision: Precision::F32,
+            master: None,
         })
     }
 
@@ -167,8 +174,20 @@ impl CpuOptimizer {
         self.step_with_lr(params, grads, self.config.lr())
     }
 
-    /// One step at learning rate `lr` (a schedule's value).
+    /// One step at learning rate `lr` (a schedule's value). The optimizer's precision must be
+    /// f32 ([`CpuOptimizer::step_half`] steps the 16-bit ones).
     pub fn step_with_lr(
+        &mut self,
+        params: ArrayViewMut1<'_, f32>,
+        grads: ArrayView1<'_, f32>,
+        lr: f64,
+    ) -> Result<()> {
+        self.require_precision(false)?;
+        self.step_f32(params, grads, lr)
+    }
+
+    /// One step of the f32 arithmetic on f32 tensors, whatever the storage precision.
+    fn step_f32(
         &mut self,
         mut params: ArrayViewMut1<'_, f32>,
         grads: ArrayView1<'_, f32>,
