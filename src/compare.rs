@@ -23,16 +23,25 @@ impl Tolerance {
     /// Equal values (infinities included) and two NaNs give 0; a NaN against a number gives
     /// infinity, so it always fails.
     pub fn ratio(&self, x: f32, reference: f32) -> f64 {
-        if x == reference || (x.is_nan() && reference.is_nan()) {
-            return 0.0;
-        }
-        let (x, r) = (f64::from(x), f64::from(reference));
-        let err = (x - r).abs();
-        if err.is_nan() {
-            return f64::INFINITY;
-        }
-        err / (self.abs + self.rel * r.abs())
+        ratio_within(
+            x,
+            reference,
+            self.abs + self.rel * f64::from(reference).abs(),
+        )
     }
+}
+
+/// `|x − reference| / allowed`, 0 for equal values (infinities included) and two NaNs,
+/// infinite for a NaN against a number.
+fn ratio_within(x: f32, reference: f32, allowed: f64) -> f64 {
+    if x == reference || (x.is_nan() && reference.is_nan()) {
+        return 0.0;
+    }
+    let err = (f64::from(x) - f64::from(reference)).abs();
+    if err.is_nan() {
+        return f64::INFINITY;
+    }
+    err / allowed
 }
 
 /// The worst disagreement found across many comparisons, with where it happened.
@@ -61,8 +70,22 @@ pub struct ErrorStats {
 impl ErrorStats {
     /// Folds the comparison of `x` with `reference` at `step` into the statistics.
     pub fn add(&mut self, tol: &Tolerance, step: u64, x: &[f32], reference: &[f32]) {
+        self.add_within(step, x, reference, |r| {
+            tol.abs + tol.rel * f64::from(r).abs()
+        });
+    }
+
+    /// [`ErrorStats::add`] with the allowed error at each reference value given by `allowed`
+    /// (one unit in the last place of a 16-bit format, for instance).
+    pub fn add_within(
+        &mut self,
+        step: u64,
+        x: &[f32],
+        reference: &[f32],
+        allowed: impl Fn(f32) -> f64,
+    ) {
         for (i, (&a, &r)) in x.iter().zip(reference).enumerate() {
-            let ratio = tol.ratio(a, r);
+            let ratio = ratio_within(a, r, allowed(r));
             self.compared += 1;
             if ratio > 1.0 {
                 self.failures += 1;

@@ -1,5 +1,6 @@
-//! Reference trajectories recorded from PyTorch and optax (format: `tests/golden/FORMAT.md`),
-//! and checking the GPU kernels and the CPU reference against them step by step.
+//! Reference trajectories recorded from PyTorch and optax (format: `tests/golden/FORMAT.md`,
+//! format 1 in f32 and format 2 in the 16-bit precisions), and checking the GPU kernels and the
+//! CPU reference against them step by step.
 
 use std::path::Path;
 
@@ -8,8 +9,8 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::compare::{ErrorStats, Tolerance};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuOptimizer};
-use crate::optim::Optimizer;
+use crate::gpu::{BufferRange, Gpu, GpuOptimizer};
+use crate::optim::{HalfFormat, Optimizer, Precision};
 use crate::reference::CpuOptimizer;
 
 /// One recorded optimizer run.
@@ -35,6 +36,13 @@ pub struct Trajectory {
     pub params: Vec<f32>,
     /// Learning rate of each step.
     pub lr: Vec<f32>,
+    /// How parameters, gradients and state are stored (format 2's `param_dtype`,
+    /// `state_dtype` and `master`); 16-bit values above are widened to f32, exactly.
+    pub precision: Precision,
+    /// The f32 master before the first step, where the precision keeps one.
+    pub master0: Option<Vec<f32>>,
+    /// The f32 master after each step, `steps × n`, where the precision keeps one.
+    pub master: Option<Vec<f32>>,
 }
 
 impl Trajectory {
@@ -66,27 +74,55 @@ impl Trajectory {
             .map_err(|e| bad(format!("metadata `hyper` is not JSON: {e}")))?;
         let optimizer = Optimizer::from_torch(&name, &hyper).map_err(|e| bad(e.to_string()))?;
 
-        let tensor = |key: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+        let precision = precision(&|key| get_meta(key)).map_err(bad)?;
+        let storage = precision.half_format();
+        // Each tensor in the dtype the format gives it, widened to f32.
+        let tensor = |key: &str, format: Option<HalfFormat>| -> Result<(Vec<usize>, Vec<f32>)> {
             let view = tensors
                 .tensor(key)
                 .map_err(|_| bad(format!("missing tensor `{key}`")))?;
-            if view.dtype() != Dtype::F32 {
+            let expected = match format {
+                None => Dtype::F32,
+                Some(HalfFormat::Bf16) => Dtype::BF16,
+                Some(HalfFormat::F16) => Dtype::F16,
+            };
+            if view.dtype() != expected {
                 return Err(bad(format!(
-                    "tensor `{key}` is {:?}, expected F32",
+                    "tensor `{key}` is {:?}, expected {expected:?}",
                     view.dtype()
                 )));
             }
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let data = match format {
+                None => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Some(format) => view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| format.widen(u16::from_le_bytes([b[0], b[1]])))
+                    .collect(),
+            };
             Ok((view.shape().to_vec(), data))
         };
-        let (s_params0, params0) = tensor("params0")?;
-        let (s_grads, grads) = tensor("grads")?;
-        let (s_params, params) = tensor("params")?;
-        let (s_lr, lr) = tensor("lr")?;
+        let (s_params0, params0) = tensor("params0", storage)?;
+        let (s_grads, grads) = tensor("grads", storage)?;
+        let (s_params, params) = tensor("params", storage)?;
+        let (s_lr, lr) = tensor("lr", None)?;
+        let (master0, master) = if precision.has_master() {
+            let (s_master0, master0) = tensor("master0", None)?;
+            let (s_master, master) = tensor("master", None)?;
+            if s_master0 != s_params0 || s_master != s_params {
+                return Err(bad(format!(
+                    "master0 {s_master0:?} and master {s_master:?} differ in shape from \
+                     params0 {s_params0:?} and params {s_params:?}"
+                )));
+            }
+            (Some(master0), Some(master))
+        } else {
+            (None, None)
+        };
         let [n] = s_params0[..] else {
             return Err(bad(format!(
                 "params0 has shape {s_params0:?}, expected [n]"
@@ -133,6 +169,9 @@ impl Trajectory {
             grads,
             params,
             lr,
+            precision,
+            master0,
+            master,
         })
     }
 
@@ -157,33 +196,157 @@ impl Trajectory {
         }
     }
 
-    /// Runs the trajectory through the CPU reference and compares every step.
+    /// The recorded master after step `t` (0-based), where the precision keeps one.
+    pub fn expected_master(&self, t: usize) -> Option<&[f32]> {
+        Some(&self.master.as_ref()?[t * self.n..(t + 1) * self.n])
+    }
+
+    /// Folds step `t`'s parameters (and master) into `stats`: f32 values within `tol`, 16-bit
+    /// ones within one unit in the last place of their format at the recorded value.
+    fn compare(
+        &self,
+        stats: &mut ErrorStats,
+        tol: &Tolerance,
+        t: usize,
+        params: &[f32],
+        master: Option<&[f32]>,
+    ) {
+        let step = t as u64 + 1;
+        match self.precision.half_format() {
+            Some(format) => {
+                stats.add_within(step, params, self.expected(t), |r| f64::from(format.ulp(r)))
+            }
+            None => stats.add(tol, step, params, self.expected(t)),
+        }
+        if let (Some(got), Some(want)) = (master, self.expected_master(t)) {
+            stats.add(tol, step, got, want);
+        }
+    }
+
+    /// 16-bit values of the trajectory's format (exact: they were widened from it).
+    fn bits(&self, values: &[f32]) -> Vec<u16> {
+        let format = self.precision.half_format().unwrap_or(HalfFormat::Bf16);
+        values.iter().map(|&x| format.round(x)).collect()
+    }
+
+    /// Runs the trajectory through the CPU reference and compares every step (and the master
+    /// where there is one).
     pub fn check_cpu(&self, tol: &Tolerance) -> Result<ErrorStats> {
-        let mut opt = CpuOptimizer::new(self.optimizer.clone(), self.n)?;
-        let mut p = self.params0.clone();
+        let mut opt = CpuOptimizer::with_precision(self.optimizer.clone(), self.precision, self.n)?;
         let mut stats = ErrorStats::default();
+        if self.precision.half_format().is_none() {
+            let mut p = self.params0.clone();
+            for t in 0..self.steps {
+                opt.step_with_lr(
+                    ArrayViewMut1::from(&mut p[..]),
+                    ArrayView1::from(self.grad(t)),
+                    self.lr(t),
+                )?;
+                self.compare(&mut stats, tol, t, &p, None);
+            }
+            return Ok(stats);
+        }
+        if let Some(master0) = &self.master0 {
+            opt.set_master(master0)?;
+        }
+        let format = self.precision.half_format().expect("16-bit");
+        let mut p = self.bits(&self.params0);
         for t in 0..self.steps {
-            opt.step_with_lr(
-                ArrayViewMut1::from(&mut p[..]),
-                ArrayView1::from(self.grad(t)),
-                self.lr(t),
-            )?;
-            stats.add(tol, t as u64 + 1, &p, self.expected(t));
+            opt.step_half(&mut p, &self.bits(self.grad(t)), self.lr(t))?;
+            let widened: Vec<f32> = p.iter().map(|&b| format.widen(b)).collect();
+            self.compare(&mut stats, tol, t, &widened, opt.master());
         }
         Ok(stats)
     }
 
-    /// Runs the trajectory through the GPU kernel and compares every step.
+    /// Runs the trajectory through the GPU kernel and compares every step (and the master
+    /// where there is one).
     pub fn check_gpu(&self, gpu: &Gpu, tol: &Tolerance) -> Result<ErrorStats> {
-        let params = gpu.upload("golden/params", &self.params0)?;
-        let grads = gpu.upload("golden/grads", self.grad(0))?;
-        let mut opt = GpuOptimizer::new(gpu, self.optimizer.clone(), &params, &grads)?;
         let mut stats = ErrorStats::default();
+        if self.precision.half_format().is_none() {
+            let params = gpu.upload("golden/params", &self.params0)?;
+            let grads = gpu.upload("golden/grads", self.grad(0))?;
+            let mut opt = GpuOptimizer::new(gpu, self.optimizer.clone(), &params, &grads)?;
+            for t in 0..self.steps {
+                gpu.write(&grads, 0, self.grad(t))?;
+                opt.step_with_lr(gpu, self.lr(t))?;
+                self.compare(&mut stats, tol, t, &opt.read_params(gpu)?, None);
+            }
+            return Ok(stats);
+        }
+        let params = gpu.upload_half("golden/params", &self.bits(&self.params0))?;
+        let grads = gpu.upload_half("golden/grads", &self.bits(self.grad(0)))?;
+        let mut opt = GpuOptimizer::with_precision(
+            gpu,
+            self.optimizer.clone(),
+            self.precision,
+            BufferRange::half(&params, self.n),
+            BufferRange::half(&grads, self.n),
+        )?;
+        if let Some(master0) = &self.master0 {
+            opt.write_master(gpu, master0)?;
+        }
         for t in 0..self.steps {
-            gpu.write(&grads, 0, self.grad(t))?;
+            gpu.write_half(&grads, 0, &self.bits(self.grad(t)))?;
             opt.step_with_lr(gpu, self.lr(t))?;
-            stats.add(tol, t as u64 + 1, &opt.read_params(gpu)?, self.expected(t));
+            let master = match self.master {
+                Some(_) => Some(opt.read_master(gpu)?),
+                None => None,
+            };
+            self.compare(
+                &mut stats,
+                tol,
+                t,
+                &opt.read_params(gpu)?,
+                master.as_deref(),
+            );
         }
         Ok(stats)
+    }
+}
+
+/// The precision format 2's metadata describes (`param_dtype`, `grad_dtype`, `state_dtype`,
+/// `master`; absent keys give format 1's f32). Loss scaling and clipping are not run yet: a
+/// file with `grad_scaler` or `max_grad_norm` is refused by name rather than checked wrongly.
+fn precision(meta: &dyn Fn(&str) -> Option<String>) -> std::result::Result<Precision, String> {
+    let dtype = |key: &str| -> std::result::Result<Option<HalfFormat>, String> {
+        match meta(key).as_deref() {
+            None | Some("float32") => Ok(None),
+            Some("bfloat16") => Ok(Some(HalfFormat::Bf16)),
+            Some("float16") => Ok(Some(HalfFormat::F16)),
+            Some(other) => Err(format!(
+                "{key} `{other}` is none of float32, bfloat16, float16"
+            )),
+        }
+    };
+    for key in ["grad_scaler", "max_grad_norm"] {
+        if meta(key).is_some() {
+            return Err(format!(
+                "`{key}`: loss scaling and gradient clipping are not supported yet"
+            ));
+        }
+    }
+    let (param, grad, state) = (
+        dtype("param_dtype")?,
+        dtype("grad_dtype")?,
+        dtype("state_dtype")?,
+    );
+    let master = meta("master").unwrap_or_else(|| "none".into());
+    if grad != param {
+        return Err(format!(
+            "gradients in {} and parameters in {}: fusedopt takes them in one dtype",
+            grad.map_or("float32", HalfFormat::torch_name),
+            param.map_or("float32", HalfFormat::torch_name)
+        ));
+    }
+    match (param, state, master.as_str()) {
+        (None, None, "none") => Ok(Precision::F32),
+        (Some(p), Some(s), "none") if p == s => Ok(Precision::Half(p)),
+        (Some(p), None, "float32") => Ok(Precision::Master(p)),
+        (p, s, m) => Err(format!(
+            "parameters in {}, state in {}, master `{m}`: no fusedopt precision stores that",
+            p.map_or("float32", HalfFormat::torch_name),
+            s.map_or("float32", HalfFormat::torch_name)
+        )),
     }
 }

@@ -56,11 +56,16 @@ fn no_adapter<T>(error: &str) -> Option<T> {
 /// The reference trajectories in the repository's `tests/golden`, sorted.
 pub fn golden_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
+    let list = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect()
+    };
+    // Format 1 at the top, format 2 (16-bit precisions) in `mixed/`.
+    let mut files = list(&dir);
+    files.extend(list(&dir.join("mixed")));
     files.sort();
     assert!(
         files.len() >= 10,

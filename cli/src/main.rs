@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fusedopt::kernels::LaunchShape;
-use fusedopt::testing::{gpu_against_cpu, variants};
-use fusedopt::{ErrorStats, Gpu, Optimizer, Tolerance, golden::Trajectory, gpu::describe_adapter};
+use fusedopt::testing::{gpu_against_cpu_in, variants};
+use fusedopt::{
+    ErrorStats, Gpu, Optimizer, Precision, Tolerance, golden::Trajectory, gpu::describe_adapter,
+};
 use fusedopt_cli::bench::{self, BenchOptions, BenchReport, Implementation};
 use fusedopt_cli::error::chain;
 use fusedopt_cli::{Result, demo};
@@ -42,6 +44,10 @@ enum Command {
         /// Seed of the random data.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Only this storage precision (repeatable; default every one): f32, bf16, f16,
+        /// bf16-master, f16-master, bf16-sr.
+        #[arg(long = "precision", value_name = "P", value_parser = parse_precision)]
+        precisions: Vec<Precision>,
         #[command(flatten)]
         tolerance: ToleranceArgs,
         #[command(flatten)]
@@ -81,6 +87,10 @@ enum Command {
         /// framework benchmarks do); by default small sizes rotate over several sets.
         #[arg(long)]
         no_rotation: bool,
+        /// Storage precision of the optimizer cases (repeatable; default f32): f32, bf16, f16,
+        /// bf16-master, f16-master, bf16-sr. The 16-bit ones are measured on the GPU.
+        #[arg(long = "precision", value_name = "P", value_parser = parse_precision)]
+        precisions: Vec<Precision>,
         #[command(flatten)]
         launch: LaunchArgs,
     },
@@ -176,10 +186,14 @@ fn main() -> ExitCode {
             cpu_only,
             time_per_point,
             no_rotation,
+            precisions,
             launch,
         }) => (|| {
             let gpu = if cpu_only { None } else { Some(launch.gpu()?) };
             let mut options = BenchOptions::defaults(&optimizers, gpu.as_ref())?;
+            if !precisions.is_empty() {
+                options.cases = bench::cases_in(&optimizers, &precisions)?;
+            }
             if !sizes.is_empty() {
                 options.sizes = sizes;
             }
@@ -223,11 +237,23 @@ fn main() -> ExitCode {
             size,
             steps,
             seed,
+            precisions,
             tolerance,
             launch,
-        }) => launch
-            .gpu()
-            .and_then(|gpu| validate(&gpu, &optimizers, size, steps, seed, &tolerance.tolerance())),
+        }) => launch.gpu().and_then(|gpu| {
+            let precisions = if precisions.is_empty() {
+                Precision::ALL.to_vec()
+            } else {
+                precisions
+            };
+            validate(
+                &gpu,
+                &optimizers,
+                &precisions,
+                (size, steps, seed),
+                &tolerance.tolerance(),
+            )
+        }),
         Some(Command::Check {
             files,
             cpu_only,
@@ -256,7 +282,7 @@ const DEFAULT_REPORT_DIR: &str = "fusedopt-report";
 /// the benchmark still runs so the numbers can be looked at.
 fn main_job() -> Result<bool> {
     let gpu = Gpu::new()?;
-    let valid = validate(&gpu, &[], 100_003, 3, 0, &Tolerance::F32)?;
+    let valid = validate(&gpu, &[], &Precision::ALL, (100_003, 3, 0), &Tolerance::F32)?;
     println!();
     let options = BenchOptions::defaults(&[], Some(&gpu))?;
     println!(
@@ -349,6 +375,10 @@ fn parse_size(s: &str) -> Result<usize, String> {
         Some(n) => Ok(n),
         None => Err(format!("{s:?} is not a size (examples: 1048576, 2^20, 1M)")),
     }
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse().map_err(|e: fusedopt::Error| e.to_string())
 }
 
 fn parse_implementation(s: &str) -> Result<Implementation, String> {
@@ -490,12 +520,13 @@ fn print_largest_models(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
+/// Every variant of each optimizer in each precision, GPU against the CPU reference, on
+/// `(size, steps, seed)`.
 fn validate(
     gpu: &Gpu,
     optimizers: &[String],
-    size: usize,
-    steps: u64,
-    seed: u64,
+    precisions: &[Precision],
+    (size, steps, seed): (usize, u64, u64),
     tol: &Tolerance,
 ) -> Result<bool> {
     let names: Vec<String> = if optimizers.is_empty() {
@@ -517,14 +548,19 @@ fn validate(
         tol.rel
     );
     println!(
-        "{:<9} {:>10} {:>10} {:>6} {:>4}  {:<15} options",
-        "optimizer", "max abs", "max rel", "ratio", "step", "worst tensor"
+        "{:<9} {:<11} {:>10} {:>10} {:>6} {:>4}  {:<15} options",
+        "optimizer", "precision", "max abs", "max rel", "ratio", "step", "worst tensor"
     );
     let mut all_ok = true;
     let mut cases = 0;
-    for name in &names {
+    let runs = names.iter().flat_map(|name| {
+        precisions
+            .iter()
+            .map(move |precision| (name.as_str(), *precision))
+    });
+    for (name, precision) in runs {
         for config in variants(name)? {
-            let report = gpu_against_cpu(gpu, &config, size, steps, seed, tol)?;
+            let report = gpu_against_cpu_in(gpu, &config, precision, size, steps, seed, tol)?;
             let overall = report.overall();
             let worst = report
                 .tensors
@@ -536,8 +572,9 @@ fn validate(
             all_ok &= overall.passed();
             cases += 1;
             println!(
-                "{:<9} {:>10.2e} {:>10.2e} {:>6.3} {:>4}  {:<15} {}{}",
+                "{:<9} {:<11} {:>10.2e} {:>10.2e} {:>6.3} {:>4}  {:<15} {}{}",
                 config.name(),
+                precision.name(),
                 overall.max_abs,
                 overall.max_rel,
                 overall.worst_ratio,
@@ -564,7 +601,8 @@ fn check(gpu: Option<&Gpu>, files: &[PathBuf], tol: &Tolerance) -> Result<bool> 
         println!("check: GPU {}", describe_adapter(gpu.adapter_info()));
     }
     println!(
-        "tolerance: |x - ref| <= {} + {}·|ref| on every element of every step",
+        "tolerance: |x - ref| <= {} + {}·|ref| on every f32 element of every step (16-bit \
+         parameters: one unit in the last place of their format at |ref|)",
         tol.abs, tol.rel
     );
     let mut all_ok = true;
@@ -578,9 +616,10 @@ fn check(gpu: Option<&Gpu>, files: &[PathBuf], tol: &Tolerance) -> Result<bool> 
             }
         };
         println!(
-            "{} ({}, {} steps × {}; {}; {})",
+            "{} ({} in {}, {} steps × {}; {}; {})",
             file.display(),
             traj.optimizer.name(),
+            traj.precision,
             traj.steps,
             traj.n,
             traj.optimizer.describe(),

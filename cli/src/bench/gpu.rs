@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use fusedopt::{BufferRange, Gpu, GpuCopy, GpuOptimizer, ModelLayout, ModelOptimizer, Optimizer};
+use fusedopt::{
+    BufferRange, Gpu, GpuCopy, GpuOptimizer, ModelLayout, ModelOptimizer, Optimizer, Precision,
+};
 
 use super::{Clock, Sampling, Summary, pattern};
 use crate::{Error, Result};
@@ -168,9 +170,45 @@ pub struct GpuSteps {
 impl GpuSteps {
     /// Uploads `sets` sets of `size` parameters and gradients and creates their optimizers.
     pub fn new(gpu: &Gpu, config: &Optimizer, size: usize, sets: usize) -> Result<Self> {
-        Self::build(gpu, size, sets, |p, g| {
-            Ok(GpuOptimizer::new(gpu, config.clone(), p, g).map(Stepper::Flat)?)
-        })
+        Self::new_in(gpu, config, Precision::F32, size, sets)
+    }
+
+    /// [`Self::new`] with the tensors stored in `precision`.
+    pub fn new_in(
+        gpu: &Gpu,
+        config: &Optimizer,
+        precision: Precision,
+        size: usize,
+        sets: usize,
+    ) -> Result<Self> {
+        let Some(format) = precision.half_format() else {
+            return Self::build(gpu, size, sets, |p, g| {
+                Ok(GpuOptimizer::new(gpu, config.clone(), p, g).map(Stepper::Flat)?)
+            });
+        };
+        let round = |values: Vec<f32>| {
+            values
+                .into_iter()
+                .map(|x| format.round(x))
+                .collect::<Vec<u16>>()
+        };
+        let params = round(pattern(size, 1));
+        let grads = round(pattern(size, 2).into_iter().map(|g| 0.1 * g).collect());
+        let sets = (0..sets.max(1))
+            .map(|_| {
+                let p = gpu.upload_half("bench/params", &params)?;
+                let g = gpu.upload_half("bench/grads", &grads)?;
+                let opt = GpuOptimizer::with_precision(
+                    gpu,
+                    config.clone(),
+                    precision,
+                    BufferRange::half(&p, size),
+                    BufferRange::half(&g, size),
+                )?;
+                Ok((Stepper::Flat(opt), p, g))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { sets, next: 0 })
     }
 
     /// Like [`Self::new`] for a model laid out by `layout`, with `configs` per group.

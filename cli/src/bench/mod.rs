@@ -20,7 +20,7 @@ use fusedopt::ModelLayout;
 use fusedopt::kernels::LaunchShape;
 use fusedopt::model::decay_group;
 use fusedopt::testing::transformer_near;
-use fusedopt::{Adam, Gpu, Optimizer};
+use fusedopt::{Adam, Gpu, Optimizer, Precision};
 
 pub use cpu::{CpuSteps, cpu_copy_bandwidth};
 pub use gpu::{GpuSteps, GpuTimer, gpu_copy_bandwidth};
@@ -77,25 +77,35 @@ pub struct Case {
     pub variant: &'static str,
     /// The configuration measured.
     pub config: Optimizer,
+    /// How its tensors are stored.
+    pub precision: Precision,
 }
 
 impl Case {
-    /// Bytes one step reads and writes per parameter (all f32).
+    /// Bytes one step reads and writes per parameter in the case's precision.
     pub fn bytes_per_element(&self) -> usize {
-        self.config.bytes_per_element()
+        let state = self.config.state_names().len();
+        self.precision.bytes_per_element(state) as usize
     }
 
-    /// Bytes of parameters, gradients and state for `size` parameters.
+    /// Bytes of parameters, gradients, state and master for `size` parameters.
     pub fn footprint(&self, size: usize) -> u64 {
-        (size * 4 * (2 + self.config.state_names().len())) as u64
+        let state = self.config.state_names().len();
+        size as u64 * (2 * self.precision.param_bytes() + self.precision.kept_bytes(state))
     }
 
-    /// `optimizer` or `optimizer/variant`, for tables and labels.
+    /// `optimizer` or `optimizer/variant`, then the precision where it is not f32, for tables
+    /// and labels.
     pub fn label(&self) -> String {
-        if self.variant == "default" {
+        let case = if self.variant == "default" {
             self.optimizer.to_string()
         } else {
             format!("{}/{}", self.optimizer, self.variant)
+        };
+        if self.precision == Precision::F32 {
+            case
+        } else {
+            format!("{case} {}", self.precision)
         }
     }
 }
@@ -106,6 +116,23 @@ impl Case {
 /// that only change arithmetic (nesterov, maximize, weight decay) move the same bytes and are
 /// left out.
 pub fn cases(names: &[String]) -> Result<Vec<Case>> {
+    cases_in(names, &[Precision::F32])
+}
+
+/// [`cases`] in each of `precisions`, precision by precision.
+pub fn cases_in(names: &[String], precisions: &[Precision]) -> Result<Vec<Case>> {
+    let mut out = Vec::new();
+    for &precision in precisions {
+        out.extend(
+            f32_cases(names)?
+                .into_iter()
+                .map(|case| Case { precision, ..case }),
+        );
+    }
+    Ok(out)
+}
+
+fn f32_cases(names: &[String]) -> Result<Vec<Case>> {
     let names: Vec<&str> = if names.is_empty() {
         Optimizer::NAMES.to_vec()
     } else {
@@ -120,11 +147,13 @@ pub fn cases(names: &[String]) -> Result<Vec<Case>> {
             optimizer,
             variant: "default",
             config: base,
+            precision: Precision::F32,
         });
         out.extend(variants.into_iter().map(|(variant, config)| Case {
             optimizer,
             variant,
             config,
+            precision: Precision::F32,
         }));
     }
     Ok(out)
@@ -241,6 +270,9 @@ pub struct Row {
     pub optimizer: String,
     /// Variant (see [`cases`]); `roofline` for the copy rows.
     pub variant: String,
+    /// Storage precision (`f32`, `bf16`, `bf16-master`...; see `fusedopt::Precision`).
+    #[serde(default = "f32_name")]
+    pub precision: String,
     /// Parameters per step.
     pub size: usize,
     /// Which implementation.
@@ -267,6 +299,11 @@ pub struct Row {
     pub clock: Clock,
     /// Parameter sets stepped in turn so the data is not in cache.
     pub rotation_sets: usize,
+}
+
+/// The precision of rows written before rows had one.
+fn f32_name() -> String {
+    Precision::F32.name().to_string()
 }
 
 /// Bytes per element the GPU copy kernel moves: it reads 4 and writes 4.
@@ -571,11 +608,14 @@ pub fn run(
                 ));
                 let measured = match (implementation, gpu, &timer) {
                     (Implementation::Gpu, Some(gpu), Some(timer)) => {
-                        GpuSteps::new(gpu, &case.config, size, sets)
+                        GpuSteps::new_in(gpu, &case.config, case.precision, size, sets)
                             .and_then(|mut s| s.measure(gpu, timer, sampling))
                             .map(|summary| (summary, timer.clock(), gpu_name.clone()))
                     }
                     (Implementation::Gpu, ..) => unreachable!("checked in BenchOptions::check"),
+                    // The CPU benchmarks time the f32 paths; the 16-bit precisions are
+                    // measured on the GPU.
+                    (..) if case.precision != Precision::F32 => continue,
                     (cpu_impl, ..) => CpuSteps::new(&case.config, size, sets, cpu_impl)
                         .and_then(|mut s| s.measure(sampling))
                         .map(|summary| (summary, Clock::Wall, Some(cpu.clone()))),
@@ -595,6 +635,7 @@ pub fn run(
                 rows.push(Row::new(
                     case.optimizer,
                     case.variant,
+                    case.precision,
                     size,
                     implementation,
                     &summary,
@@ -667,6 +708,7 @@ pub fn run(
                 rows.push(Row::new(
                     "adamw",
                     variant,
+                    Precision::F32,
                     n,
                     Implementation::Gpu,
                     &summary,
@@ -728,6 +770,7 @@ fn roofline_row(
     Row::new(
         "copy",
         "roofline",
+        Precision::F32,
         size,
         implementation,
         summary,
@@ -746,6 +789,7 @@ impl Row {
     fn new(
         optimizer: &str,
         variant: &str,
+        precision: Precision,
         size: usize,
         implementation: Implementation,
         summary: &Summary,
@@ -759,6 +803,7 @@ impl Row {
         Self {
             optimizer: optimizer.to_string(),
             variant: variant.to_string(),
+            precision: precision.name().to_string(),
             size,
             implementation,
             median_s: summary.median_s,

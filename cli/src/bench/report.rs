@@ -60,10 +60,15 @@ fn step_rows(report: &BenchReport) -> impl Iterator<Item = &Row> {
 }
 
 fn label(row: &Row) -> String {
-    if row.variant == "default" {
+    let case = if row.variant == "default" {
         row.optimizer.clone()
     } else {
         format!("{}/{}", row.optimizer, row.variant)
+    };
+    if row.precision == "f32" {
+        case
+    } else {
+        format!("{case} {}", row.precision)
     }
 }
 
@@ -74,6 +79,7 @@ fn median_of(report: &BenchReport, like: &Row, implementation: Implementation) -
             r.implementation == implementation
                 && r.optimizer == like.optimizer
                 && r.variant == like.variant
+                && r.precision == like.precision
                 && r.size == like.size
         })
         .map(|r| r.median_s)
@@ -176,7 +182,9 @@ pub fn table(report: &BenchReport) -> String {
 /// stepped: how much longer the layout's step takes (the target is within 10 %).
 pub fn layout_comparisons(report: &BenchReport) -> Vec<String> {
     let find = |variant: &str, size: usize| {
-        step_rows(report).find(|r| r.variant == variant && r.size == size && r.optimizer == "adamw")
+        step_rows(report).find(|r| {
+            r.variant == variant && r.size == size && r.optimizer == "adamw" && r.precision == "f32"
+        })
     };
     step_rows(report)
         .filter(|r| r.variant == super::MODEL_VARIANT)
