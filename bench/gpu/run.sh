@@ -126,8 +126,9 @@ if [ "${launch[*]}" != "--workgroup-size 256 --elements-per-invocation 1" ]; the
     tail -1 "$out/validate-default-shape.txt"
 fi
 
-log "$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors
-"$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors > "$out/check.txt" 2>&1 || status=1
+log "$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors "$root"/tests/golden/mixed/*.safetensors
+"$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors "$root"/tests/golden/mixed/*.safetensors \
+    > "$out/check.txt" 2>&1 || status=1
 tail -3 "$out/check.txt"
 
 size_flags=()
@@ -139,6 +140,19 @@ if [ -f "$out/fusedopt-bench/results.json" ]; then
     cp "$out/fusedopt-bench/results.json" "$out/results.json"
 fi
 tail -5 "$out/bench.txt"
+
+# Every storage precision of Adam and SGD at 2^28 (2^20 quick), in a report of its own (the
+# f32 results.json above stays what the PyTorch side-by-side reads).
+precision_flags=()
+for p in f32 bf16 f16 bf16-master f16-master bf16-sr; do precision_flags+=(--precision "$p"); done
+last_size=2^28
+[ $quick = 1 ] && last_size=2^20
+log "$bin" bench --implementation gpu --optimizer adam --optimizer sgd "${precision_flags[@]}" \
+    --size "$last_size" "${launch[@]}" --out "$out/fusedopt-bench-precision"
+"$bin" bench --implementation gpu --optimizer adam --optimizer sgd "${precision_flags[@]}" \
+    --size "$last_size" "${launch[@]}" --out "$out/fusedopt-bench-precision" \
+    > "$out/bench-precision.txt" 2>&1 || status=1
+tail -3 "$out/bench-precision.txt"
 
 if [ $torch = 1 ] && [ -f "$out/results.json" ]; then
     log "$python" "$here/torch_bench.py" --fusedopt "$out/results.json" --out "$out/torch.json" --device "$device"

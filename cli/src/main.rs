@@ -496,15 +496,15 @@ fn print_largest_models(gpu: &Gpu) -> Result<()> {
         None => println!("memory: not reported by this backend (wgpu has no query for it)"),
     }
     println!(
-        "largest model per optimizer (parameters, gradients and optimizer state in f32, nothing else)"
+        "largest model per optimizer and precision (parameters, gradients, optimizer state and \
+         master, nothing else)"
     );
     println!(
         "  {:<26} {:>7} {:>16}  state",
         "optimizer", "B/param", "largest model"
     );
-    for case in bench::cases(&[])? {
-        let tensors = 2 + case.config.state_names().len();
-        let per_param = 4 * tensors as u64;
+    for case in bench::cases_in(&[], &Precision::ALL)? {
+        let per_param = case.footprint(1);
         let largest = memory.map_or("?".to_string(), |m| {
             let n = m / per_param;
             format!("{:.2} G params", n as f64 / 1e9)
