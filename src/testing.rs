@@ -170,13 +170,7 @@ pub fn gpu_against_cpu(
     let grads = BufferSet::zeros(gpu, "validate/grads", size)?;
     let mut gpu_opt = GpuOptimizer::with_pieces(gpu, config.clone(), &params.pieces(&grads)?)?;
     let mut cpu_opt = CpuOptimizer::new(config.clone(), size)?.with_execution(Execution::Fast);
-    let mut tensors: Vec<(&'static str, ErrorStats)> = vec![("param", ErrorStats::default())];
-    tensors.extend(
-        config
-            .state_names()
-            .into_iter()
-            .map(|n| (n, ErrorStats::default())),
-    );
+    let mut tensors = tensor_stats(config);
     for t in 1..=steps {
         let g = problem.next_grad();
         let lr = schedule(config.lr(), t);
@@ -241,13 +235,7 @@ pub fn gpu_against_cpu_in(
     )?;
     let mut cpu_opt = CpuOptimizer::with_precision(config.clone(), precision, size)?
         .with_execution(Execution::Fast);
-    let mut tensors: Vec<(&'static str, ErrorStats)> = vec![("param", ErrorStats::default())];
-    tensors.extend(
-        config
-            .state_names()
-            .into_iter()
-            .map(|n| (n, ErrorStats::default())),
-    );
+    let mut tensors = tensor_stats(config);
     if precision.has_master() {
         tensors.push(("master", ErrorStats::default()));
     }
@@ -278,6 +266,15 @@ pub fn gpu_against_cpu_in(
         size,
         tensors,
     })
+}
+
+/// Empty statistics for the parameters and each state tensor of `config`, in report order.
+fn tensor_stats(config: &Optimizer) -> Vec<(&'static str, ErrorStats)> {
+    let state = config.state_names().into_iter();
+    std::iter::once("param")
+        .chain(state)
+        .map(|name| (name, ErrorStats::default()))
+        .collect()
 }
 
 /// The tensors of a GPT-2-style transformer: token and position embeddings, `layers` blocks of

@@ -204,3 +204,67 @@ fn an_odd_range_writes_its_last_half_word_and_keeps_the_other_half() {
         );
     }
 }
+
+#[test]
+fn bad_precision_input_is_a_typed_error_that_changes_nothing() {
+    use fusedopt::{BufferRange, CpuOptimizer, Error, GpuOptimizer, Sgd};
+    // The CPU reference: the wrong step for the precision, wrong lengths, a master where none is.
+    let mut f32_opt = CpuOptimizer::new(Sgd::default(), 3).unwrap();
+    assert!(matches!(
+        f32_opt.step_half(&mut [0; 3], &[0; 3], 0.1),
+        Err(Error::InvalidSetting { .. })
+    ));
+    assert!(matches!(
+        f32_opt.set_master(&[0.0; 3]),
+        Err(Error::InvalidSetting { .. })
+    ));
+    let master = Precision::Master(HalfFormat::Bf16);
+    let mut cpu = CpuOptimizer::with_precision(Sgd::default(), master, 3).unwrap();
+    let mut params = [0x3f80u16; 3];
+    assert!(matches!(
+        cpu.step_half(&mut params[..2], &[0; 2], 0.1),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        cpu.step_half(&mut params, &[0; 3], -1.0),
+        Err(Error::InvalidHyperparameter { .. })
+    ));
+    assert_eq!(
+        (params, cpu.step_count(), cpu.master()),
+        ([0x3f80; 3], 0, None)
+    );
+
+    let Some(gpu) = common::gpu() else { return };
+    // Three 16-bit values take two words (8 bytes); five would need a third word the buffer
+    // lacks.
+    let p = gpu.upload_half("p", &[0x3f80; 3]).unwrap();
+    let g = gpu.upload_half("g", &[0; 3]).unwrap();
+    let beyond = GpuOptimizer::with_precision(
+        gpu,
+        Sgd::default(),
+        master,
+        BufferRange::half(&p, 5),
+        BufferRange::half(&g, 5),
+    );
+    assert!(
+        matches!(beyond, Err(Error::InvalidBuffer { .. })),
+        "{beyond:?}"
+    );
+    let opt = GpuOptimizer::with_precision(
+        gpu,
+        Sgd::default(),
+        master,
+        BufferRange::half(&p, 3),
+        BufferRange::half(&g, 3),
+    )
+    .unwrap();
+    assert!(matches!(
+        opt.write_master(gpu, &[2.0; 2]),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert_eq!(
+        opt.read_master(gpu).unwrap(),
+        [1.0; 3],
+        "the master is untouched"
+    );
+}
