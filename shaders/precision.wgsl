@@ -24,6 +24,9 @@ override HALF_STATE: bool = false;
 override MASTER: bool = false;
 /// The stepped parameter is rounded to bf16 stochastically.
 override STOCHASTIC: bool = false;
+/// A guard ran before the step (`guard.wgsl`): skip it or unscale and clip the gradient as
+/// `step_bits` says.
+override GUARDED: bool = false;
 /// Bit k set: state tensor k is bound (else its binding is a placeholder, never touched).
 override STATE_USED: u32 = 0u;
 
@@ -38,11 +41,19 @@ struct Chunk {
     _pad: u32,
 }
 
-/// Per-step values every kernel may need besides its optimizer's scalars.
+/// Per-step values every kernel may need besides its optimizer's scalars. The host writes
+/// them with the scalars; under a guard, `choose` in `guard.wgsl` does.
 struct StepBits {
     /// Key of this step's stochastic rounding (`fusedopt::optim::step_key`).
     key: vec2<u32>,
-    _pad: vec2<u32>,
+    /// GUARDED: the step is skipped (a gradient overflowed under the loss scaler).
+    skip: u32,
+    /// GUARDED: the gradient the update sees is `(g * unscale) * clip`.
+    unscale: f32,
+    clip: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(1) var<storage, read_write> param: array<u32>;
@@ -73,6 +84,9 @@ fn units() -> u32 {
 }
 
 fn visit(w: u32) {
+    if GUARDED && step_bits.skip != 0u {
+        return;
+    }
     if HALF {
         visit_word(w);
     } else {
@@ -84,7 +98,7 @@ fn visit(w: u32) {
 fn visit_f32(i: u32) {
     let e = Element(
         bitcast<f32>(param[i]),
-        bitcast<f32>(grad[i]),
+        guarded(bitcast<f32>(grad[i])),
         bitcast<f32>(load_state(0u, i)),
         bitcast<f32>(load_state(1u, i)),
         bitcast<f32>(load_state(2u, i)),
@@ -114,7 +128,7 @@ fn visit_word(w: u32) {
     for (var j = 0u; j < count; j++) {
         let i = first + j;
         var e: Element;
-        e.grad = widen(half_of(g_word, j));
+        e.grad = guarded(widen(half_of(g_word, j)));
         if MASTER {
             e.param = bitcast<f32>(master[i]);
         } else {
@@ -160,6 +174,14 @@ fn visit_word(w: u32) {
         store_state(1u, w, s_words.y);
         store_state(2u, w, s_words.z);
     }
+}
+
+/// The gradient the update sees: unscaled, then clipped, under a guard.
+fn guarded(g: f32) -> f32 {
+    if GUARDED {
+        return (g * step_bits.unscale) * step_bits.clip;
+    }
+    return g;
 }
 
 /// Word `w` of state tensor `k`, or 0 where it is not bound.

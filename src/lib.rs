@@ -14,7 +14,11 @@ pub mod testing;
 
 pub use compare::{ErrorStats, Tolerance};
 pub use error::{Error, Result};
-pub use gpu::{BufferRange, BufferSet, Gpu, GpuCopy, GpuOptimizer, GpuOptions, Piece};
+pub use gpu::{
+    BufferRange, BufferSet, Gpu, GpuCopy, GpuOptimizer, GpuOptions, GradGuard, GuardReport, Piece,
+};
 pub use model::{ModelLayout, ModelOptimizer, Segment, TensorSpec};
-pub use optim::{Adadelta, Adagrad, Adam, HalfFormat, Optimizer, Precision, Rmsprop, Sgd};
-pub use reference::CpuOptimizer;
+pub use optim::{
+    Adadelta, Adagrad, Adam, Guard, HalfFormat, LossScaler, Optimizer, Precision, Rmsprop, Sgd,
+};
+pub use reference::{CpuGuard, CpuOptimizer};

@@ -4,8 +4,9 @@
 //! chunk of each group however many tensors the model has.
 
 use crate::error::{Error, Result};
-use crate::gpu::{BufferRange, Gpu, GpuOptimizer};
-use crate::optim::Optimizer;
+use crate::gpu::Gpu;
+use crate::gpu::{BufferRange, GpuOptimizer, GradGuard, GuardSource, Piece, check_pieces};
+use crate::optim::{Guard, Optimizer, Precision};
 
 /// Most parameter groups a layout may have (PyTorch models have a handful).
 pub const MAX_GROUPS: usize = 1 << 16;
@@ -230,6 +231,32 @@ impl ModelOptimizer {
         grads: BufferRange<'a>,
         configs: &[Optimizer],
     ) -> Result<Self> {
+        Self::build(gpu, layout, params, grads, configs, None)
+    }
+
+    /// [`Self::new`] with one guard over the whole gradient, every group and chunk (see
+    /// [`GpuOptimizer::with_guard`]): one pre-pass unscales, tests for overflow and takes the
+    /// global norm, then every group steps or every group skips. The padding between tensors
+    /// must hold finite gradients (zeros), as a zeroed buffer does.
+    pub fn with_guard<'a>(
+        gpu: &Gpu,
+        layout: ModelLayout,
+        params: BufferRange<'a>,
+        grads: BufferRange<'a>,
+        configs: &[Optimizer],
+        guard: Guard,
+    ) -> Result<Self> {
+        Self::build(gpu, layout, params, grads, configs, Some(guard))
+    }
+
+    fn build<'a>(
+        gpu: &Gpu,
+        layout: ModelLayout,
+        params: BufferRange<'a>,
+        grads: BufferRange<'a>,
+        configs: &[Optimizer],
+        guard: Option<Guard>,
+    ) -> Result<Self> {
         if configs.len() != layout.groups.len() {
             return Err(Error::LengthMismatch {
                 what: "parameter group configurations".into(),
@@ -251,12 +278,46 @@ impl ModelOptimizer {
             offset: range.offset + start as u64,
             len,
         };
+        for config in configs {
+            config.validate()?;
+        }
+        let guard = match guard {
+            Some(guard) => {
+                guard.validate()?;
+                check_pieces(
+                    gpu,
+                    &[Piece {
+                        params,
+                        grads: sub(&grads, 0, layout.len),
+                    }],
+                    ("params", "grads"),
+                    4,
+                )?;
+                let whole = (sub(&grads, 0, layout.len), None);
+                Some(GradGuard::new(gpu, guard, &[whole])?)
+            }
+            None => None,
+        };
         let mut groups = Vec::new();
         let mut indices = Vec::new();
         for (g, (&(start, len), config)) in layout.groups.iter().zip(configs).enumerate() {
             if len > 0 {
-                let (p, q) = (sub(&params, start, len), sub(&grads, start, len));
-                groups.push(GpuOptimizer::new(gpu, config.clone(), p, q)?);
+                let piece = Piece {
+                    params: sub(&params, start, len),
+                    grads: sub(&grads, start, len),
+                };
+                // The first group's pass runs the guard's pre-pass for all of them.
+                let source = match &guard {
+                    Some(guard) => GuardSource::Shared(guard.clone(), groups.is_empty()),
+                    None => GuardSource::None,
+                };
+                groups.push(GpuOptimizer::build(
+                    gpu,
+                    config.clone(),
+                    Precision::F32,
+                    &[piece],
+                    source,
+                )?);
                 indices.push(g);
             }
         }
@@ -275,6 +336,17 @@ impl ModelOptimizer {
     /// The optimizer of each non-empty group, in group order.
     pub fn groups(&self) -> &[GpuOptimizer] {
         &self.groups
+    }
+
+    /// The optimizer of each non-empty group, to read its device step count
+    /// ([`GpuOptimizer::read_step_count`]).
+    pub fn groups_mut(&mut self) -> &mut [GpuOptimizer] {
+        &mut self.groups
+    }
+
+    /// The guard run before each step, if the model was made with one.
+    pub fn guard(&self) -> Option<&GradGuard> {
+        self.groups.first().and_then(GpuOptimizer::guard)
     }
 
     /// Dispatches per step: the chunks of every group, not one per tensor.
@@ -402,7 +474,7 @@ impl ModelOptimizer {
         let staged = self
             .indices
             .iter()
-            .zip(&self.groups)
+            .zip(&mut self.groups)
             .map(|(&g, group)| group.stage(gpu, lrs[g]))
             .collect::<Result<Vec<_>>>()?;
         let before = self.step_counts();

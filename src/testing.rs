@@ -13,10 +13,10 @@ use rand_distr::StandardNormal;
 
 use crate::compare::{ErrorStats, Tolerance};
 use crate::error::Result;
-use crate::gpu::{BufferRange, BufferSet, Gpu, GpuOptimizer};
+use crate::gpu::{BufferRange, BufferSet, Gpu, GpuOptimizer, Piece};
 use crate::model::TensorSpec;
-use crate::optim::{Optimizer, Precision};
-use crate::reference::{CpuOptimizer, Execution};
+use crate::optim::{Guard, LossScaler, Optimizer, Precision};
+use crate::reference::{CpuGuard, CpuOptimizer, Execution};
 
 /// Environment variable that turns a missing adapter from a failure into a skip.
 pub const SKIP_VAR: &str = "FUSEDOPT_SKIP_GPU_TESTS";
@@ -259,6 +259,199 @@ pub fn gpu_against_cpu_in(
             let stats = &mut tensors.last_mut().expect("the master").1;
             stats.add(tol, t, &gpu_opt.read_master(gpu)?, master);
         }
+    }
+    Ok(CaseReport {
+        optimizer: config.clone(),
+        precision,
+        size,
+        tensors,
+    })
+}
+
+/// The guard validation runs: a scaler that grows every 3 clean steps, and a clip of the
+/// global norm to 1 (the seeded gradients' norm is far larger, so every step clips).
+pub fn validation_guard() -> Guard {
+    Guard {
+        scaler: Some(LossScaler {
+            init_scale: 1024.0,
+            growth_interval: 3,
+            ..LossScaler::default()
+        }),
+        max_norm: Some(1.0),
+    }
+}
+
+/// Steps of a guarded run whose gradient gets an inf (step 3) or a NaN (step 7) planted, so
+/// that skipped steps are exercised in every precision (f16 also overflows on its own).
+fn planted_overflow(t: u64, g: &mut [f32]) {
+    let last = g.len() - 1;
+    match t {
+        3 => g[last] = f32::INFINITY,
+        7 => g[last / 2] = f32::NAN,
+        _ => {}
+    }
+}
+
+/// [`gpu_against_cpu_in`] under `guard`: each step's gradient is multiplied by the scale in
+/// force (as the caller's backward pass would), some steps overflow, and besides the tensors
+/// the report compares the guard's outcome (`guard`: scale, norm, clip factor, skip) exactly.
+/// The gradients are stored in two pieces, so the pre-pass covers several ranges.
+#[allow(clippy::too_many_arguments)]
+pub fn guarded_against_cpu(
+    gpu: &Gpu,
+    config: &Optimizer,
+    precision: Precision,
+    guard: Guard,
+    size: usize,
+    steps: u64,
+    seed: u64,
+    tol: &Tolerance,
+) -> Result<CaseReport> {
+    let format = precision.half_format();
+    let store = |values: &[f32]| -> Vec<u16> {
+        let format = format.expect("16-bit");
+        values.iter().map(|&x| format.round(x)).collect()
+    };
+    let widen = |bits: &[u16]| -> Vec<f32> {
+        let format = format.expect("16-bit");
+        bits.iter().map(|&b| format.widen(b)).collect()
+    };
+    let mut problem = RandomProblem::new(size, seed);
+    // Two pieces of one buffer each, split at an even element (whole 16-bit words).
+    let split = (size / 2) & !1;
+    let split = if split == 0 { size } else { split };
+    let (mut cpu_params, mut cpu_half) = (problem.params.clone(), Vec::new());
+    let mut buffers = Vec::new();
+    for (what, range) in [("params", 0..split), ("grads", 0..split)]
+        .into_iter()
+        .chain(
+            (split < size)
+                .then_some([("params", split..size), ("grads", split..size)])
+                .into_iter()
+                .flatten(),
+        )
+    {
+        let values = if what == "params" {
+            problem.params[range].to_vec()
+        } else {
+            vec![0.0; range.len()]
+        };
+        let buffer = match format {
+            Some(_) => gpu.upload_half(&format!("guarded/{what}"), &store(&values))?,
+            None => gpu.upload(&format!("guarded/{what}"), &values)?,
+        };
+        buffers.push((buffer, values.len()));
+    }
+    fn range((buffer, len): &(wgpu::Buffer, usize), half: bool) -> BufferRange<'_> {
+        match half {
+            true => BufferRange::half(buffer, *len),
+            false => BufferRange {
+                buffer,
+                offset: 0,
+                len: *len,
+            },
+        }
+    }
+    let pieces: Vec<Piece<'_>> = buffers
+        .chunks(2)
+        .map(|pair| Piece {
+            params: range(&pair[0], format.is_some()),
+            grads: range(&pair[1], format.is_some()),
+        })
+        .collect();
+    let mut gpu_opt = GpuOptimizer::with_guard(gpu, config.clone(), precision, &pieces, guard)?;
+    let mut cpu_opt = CpuOptimizer::with_precision(config.clone(), precision, size)?
+        .with_execution(Execution::Fast);
+    let mut cpu_guard = CpuGuard::new(guard)?;
+    if format.is_some() {
+        cpu_half = store(&cpu_params);
+        cpu_params = widen(&cpu_half);
+    }
+    let mut tensors = tensor_stats(config);
+    if precision.has_master() {
+        tensors.push(("master", ErrorStats::default()));
+    }
+    tensors.push(("guard", ErrorStats::default()));
+    for t in 1..=steps {
+        let scale = cpu_guard.state().scale;
+        let mut g: Vec<f32> = problem.next_grad().iter().map(|g| g * scale).collect();
+        planted_overflow(t, &mut g);
+        let lr = schedule(config.lr(), t);
+        let stored: Vec<f32> = match format {
+            Some(_) => {
+                let bits = store(&g);
+                for (pair, (lo, hi)) in pieces.iter().zip([(0, split), (split, size)]) {
+                    gpu.write_half(pair.grads.buffer, 0, &bits[lo..hi])?;
+                }
+                widen(&bits)
+            }
+            None => {
+                for (pair, (lo, hi)) in pieces.iter().zip([(0, split), (split, size)]) {
+                    gpu.write(pair.grads.buffer, 0, &g[lo..hi])?;
+                }
+                g
+            }
+        };
+        gpu_opt.step_with_lr(gpu, lr)?;
+        let outcome = cpu_guard.prepare(&[&stored[..split], &stored[split..]]);
+        match format {
+            Some(_) => {
+                let bits = store(&stored);
+                cpu_opt.step_half_guarded(&mut cpu_half, &bits, lr, &outcome)?;
+                cpu_params = widen(&cpu_half);
+            }
+            None => cpu_opt.step_guarded(
+                ArrayViewMut1::from(&mut cpu_params[..]),
+                ArrayView1::from(&stored[..]),
+                lr,
+                &outcome,
+            )?,
+        }
+        let report = gpu_opt.guard().expect("guarded").read(gpu)?;
+        let [params_stats, rest @ ..] = &mut tensors[..] else {
+            unreachable!("the parameters come first")
+        };
+        params_stats
+            .1
+            .add(tol, t, &gpu_opt.read_params(gpu)?, &cpu_params);
+        let gpu_state = gpu_opt.read_state(gpu)?;
+        for ((_, stats), ((_, got), (_, want))) in
+            rest.iter_mut().zip(gpu_state.iter().zip(cpu_opt.state()))
+        {
+            stats.add(tol, t, got, want.as_slice().expect("contiguous state"));
+        }
+        if let Some(master) = cpu_opt.master() {
+            let at = tensors.len() - 2;
+            let stats = &mut tensors[at].1;
+            stats.add(tol, t, &gpu_opt.read_master(gpu)?, master);
+        }
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let got = [
+            report.last_scale,
+            report.norm,
+            report.clip,
+            flag(report.last_skipped),
+            report.scale,
+        ];
+        let want = [
+            outcome.scale,
+            outcome.norm,
+            outcome.clip,
+            flag(outcome.skip),
+            cpu_guard.state().scale,
+        ];
+        let stats = &mut tensors.last_mut().expect("the guard").1;
+        stats.add(&Tolerance::EXACT, t, &got, &want);
+    }
+    if gpu_opt.read_step_count(gpu)? != cpu_opt.step_count() {
+        return Err(crate::Error::InvalidSetting {
+            what: "guarded step count".into(),
+            message: format!(
+                "the device counted {} steps, the CPU {}",
+                gpu_opt.read_step_count(gpu)?,
+                cpu_opt.step_count()
+            ),
+        });
     }
     Ok(CaseReport {
         optimizer: config.clone(),

@@ -177,7 +177,7 @@ fn every_override_the_host_sets_exists() {
         let launch = LaunchShape::default().overrides();
         let storage = Precision::ALL
             .into_iter()
-            .flat_map(|p| kernels::precision_overrides(p, &[true; MAX_STATE]));
+            .flat_map(|p| kernels::precision_overrides(p, &[true; MAX_STATE], true));
         for (key, _) in config.overrides().into_iter().chain(launch).chain(storage) {
             assert!(
                 declared.iter().any(|d| d == key),
@@ -206,4 +206,61 @@ fn copy_kernel_validates_with_the_parameter_and_gradient_bindings_only() {
         [1, 2],
         "copy binds the destination (1) and source (2)"
     );
+}
+
+#[test]
+fn guard_kernel_validates_and_declares_its_entry_points_bindings_and_overrides() {
+    use fusedopt::kernels::GuardStage;
+    let module = parse("guard", &kernels::guard_source());
+    for stage in [GuardStage::Check, GuardStage::Finish, GuardStage::Choose] {
+        assert!(
+            module.entry_points.iter().any(|e| e.name == stage.entry()),
+            "guard has the entry point {}",
+            stage.entry()
+        );
+        for (key, _) in stage.overrides(Some(fusedopt::HalfFormat::F16)) {
+            assert!(
+                module
+                    .overrides
+                    .iter()
+                    .any(|(_, o)| o.name.as_deref() == Some(key)),
+                "override {key} not declared"
+            );
+        }
+    }
+    let mut bindings: Vec<u32> = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, v)| v.binding.as_ref().map(|b| b.binding))
+        .collect();
+    bindings.sort_unstable();
+    assert_eq!(
+        bindings,
+        [
+            kernels::GUARD_STATE_BINDING,
+            kernels::GUARD_SETTINGS_BINDING,
+            kernels::GUARD_PARTIALS_BINDING,
+            kernels::GUARD_GRADS_BINDING,
+            kernels::GUARD_RANGE_BINDING,
+            kernels::GUARD_COUNTER_BINDING,
+            kernels::GUARD_CANDIDATES_BINDING,
+            kernels::GUARD_SCALARS_BINDING,
+        ]
+    );
+    // The block the CPU mirror sums is the kernel's.
+    let source = kernels::GUARD_WGSL;
+    for (name, value) in [
+        ("LANES", fusedopt::optim::GUARD_LANES),
+        ("PER_LANE", fusedopt::optim::GUARD_PER_LANE),
+        ("BLOCK", fusedopt::optim::GUARD_BLOCK),
+    ] {
+        assert!(
+            source.contains(&format!("const {name}: u32 = {value}u;")),
+            "{name} = {value} in guard.wgsl"
+        );
+    }
+    assert!(source.contains(&format!(
+        "const STEP_BITS_WORD: u32 = {}u;",
+        kernels::STEP_BITS_OFFSET / 4
+    )));
 }

@@ -10,6 +10,7 @@
 mod adapter;
 mod buffer_set;
 mod copy;
+mod guard;
 mod health;
 mod limits;
 mod optimizer;
@@ -19,16 +20,19 @@ mod transfer;
 pub use adapter::{GpuOptions, describe as describe_adapter, list as list_adapters};
 pub use buffer_set::BufferSet;
 pub use copy::GpuCopy;
+pub use guard::{GradGuard, GuardReport};
 pub use limits::DeviceLimits;
-pub use optimizer::GpuOptimizer;
+pub(crate) use optimizer::GuardSource;
+pub use optimizer::{GpuOptimizer, MAX_UNCONFIRMED_STEPS};
+pub(crate) use range::check_pieces;
 pub use range::{BufferRange, Piece};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::kernels::{Grid, Kernel, LaunchShape, PipelineCache};
-use crate::optim::{Optimizer, Precision};
+use crate::kernels::{Grid, GuardStage, Kernel, LaunchShape, PipelineCache};
+use crate::optim::{HalfFormat, Optimizer, Precision};
 use health::Health;
 
 /// How long a wait for the GPU may take before it is reported as a [`Error::Timeout`].
@@ -195,18 +199,41 @@ impl Gpu {
         self.timeout = timeout;
     }
 
-    /// The kernel of `config` in `precision` and the current launch shape, compiled on this
-    /// device once per set of override values.
-    pub(crate) fn kernel(&self, config: &Optimizer, precision: Precision) -> Result<Arc<Kernel>> {
+    /// The kernel of `config` in `precision` (after a guard's `choose` when `guarded`) and the
+    /// current launch shape, compiled on this device once per set of override values.
+    pub(crate) fn kernel(
+        &self,
+        config: &Optimizer,
+        precision: Precision,
+        guarded: bool,
+    ) -> Result<Arc<Kernel>> {
         let spec = config.kernel();
         let used: Vec<bool> = config.state_slots().iter().map(Option::is_some).collect();
         let mut overrides = config.overrides();
-        overrides.extend(crate::kernels::precision_overrides(precision, &used));
+        overrides.extend(crate::kernels::precision_overrides(
+            precision, &used, guarded,
+        ));
         overrides.extend(self.launch.overrides());
         self.pipelines.get_or_build(spec.name, &overrides, || {
             self.scoped(&format!("building the {} kernel", spec.name), || {
                 Kernel::for_optimizer(&self.device, spec, &overrides)
             })
+        })
+    }
+
+    /// The guard's `stage` for gradients in `format` (f32 for `None`), compiled once per
+    /// device.
+    pub(crate) fn guard_kernel(
+        &self,
+        stage: GuardStage,
+        format: Option<HalfFormat>,
+    ) -> Result<Arc<Kernel>> {
+        let overrides = stage.overrides(format);
+        self.pipelines.get_or_build(stage.entry(), &overrides, || {
+            self.scoped(
+                &format!("building the guard's {} kernel", stage.entry()),
+                || Kernel::guard(&self.device, stage, &overrides),
+            )
         })
     }
 }

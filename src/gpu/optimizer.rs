@@ -3,13 +3,17 @@
 use std::sync::Arc;
 
 use super::Gpu;
+use super::guard::{GradGuard, buffer_entry};
 use super::range::{BufferRange, Piece, check_pieces};
+use super::transfer::UNIFORM_STRIDE;
 use crate::error::{Error, Result};
 use crate::kernels::{
-    CHUNK_BINDING, CHUNK_SIZE, Chunked, FIRST_STATE_BINDING, GRAD_BINDING, Kernel, MASTER_BINDING,
-    PARAM_BINDING, STEP_BITS_BINDING, STEP_BITS_OFFSET, STEP_BITS_SIZE, UNIFORM_BINDING, elements,
+    CHUNK_BINDING, CHUNK_SIZE, Chunked, FIRST_STATE_BINDING, GRAD_BINDING,
+    GUARD_CANDIDATES_BINDING, GUARD_COUNTER_BINDING, GUARD_SCALARS_BINDING, GUARD_STATE_BINDING,
+    GuardStage, Kernel, MASTER_BINDING, PARAM_BINDING, STEP_BITS_BINDING, STEP_BITS_OFFSET,
+    STEP_BITS_SIZE, UNIFORM_BINDING, elements,
 };
-use crate::optim::{MAX_STATE, Optimizer, Precision, StateSlot};
+use crate::optim::{Guard, MAX_STATE, Optimizer, Precision, StateSlot};
 
 /// What the optimizer keeps of one piece: where its parameters are, its state and master.
 #[derive(Debug)]
@@ -21,9 +25,9 @@ struct PieceState {
     master: Option<wgpu::Buffer>,
 }
 
-/// Offset of one chunk's `Chunk` uniform from the next in a piece's chunk buffer: the largest
-/// uniform offset alignment a device may ask for.
-const CHUNK_STRIDE: u64 = 256;
+/// Most guarded steps recorded before the host learns how many of them ran: each step carries
+/// the scalars of every step count the device may have reached by then.
+pub const MAX_UNCONFIRMED_STEPS: u64 = 64;
 
 /// Most 16-bit words bound at once, so that a chunk's element count (twice that) fits the
 /// kernel's `u32`.
@@ -47,7 +51,37 @@ pub struct GpuOptimizer {
     pieces: Vec<PieceState>,
     uniform: wgpu::Buffer,
     dispatches: Chunked,
+    /// Steps recorded (skipped ones included under a guard).
     step: u64,
+    guarded: Option<Guarded>,
+}
+
+/// What a guarded optimizer keeps: the guard, and the device's step count with the scalars
+/// prepared for each count it may have reached.
+#[derive(Debug)]
+struct Guarded {
+    guard: GradGuard,
+    /// Whether this optimizer records the guard's pre-pass (a [`crate::ModelOptimizer`]
+    /// records it once for all its groups).
+    runs_pass: bool,
+    choose: Arc<Kernel>,
+    bind_group: wgpu::BindGroup,
+    /// The device's `Counter` (`shaders/guard.wgsl`).
+    counter: wgpu::Buffer,
+    /// Where each step's candidate scalars are copied for `choose`.
+    candidates: wgpu::Buffer,
+    /// Steps run and steps counted on the device when the host last read them.
+    confirmed: (u64, u64),
+}
+
+/// Which guard an optimizer gets.
+pub(crate) enum GuardSource {
+    None,
+    /// Its own, over its gradients.
+    Own(Guard),
+    /// A model's, shared by its groups; the flag is set for the one group that records the
+    /// pre-pass, before its step.
+    Shared(GradGuard, bool),
 }
 
 impl GpuOptimizer {
@@ -104,21 +138,78 @@ impl GpuOptimizer {
         precision: Precision,
         pieces: &[Piece<'_>],
     ) -> Result<Self> {
-        let config = config.into();
+        Self::build(gpu, config.into(), precision, pieces, GuardSource::None)
+    }
+
+    /// [`Self::with_pieces_in`] with a guard run before every step, over these gradients:
+    /// loss scaling (the gradients arrive multiplied by [`GradGuard::read`]'s `scale`; a step
+    /// whose gradients hold an inf or NaN is skipped, parameters, master and state left
+    /// bit for bit and the step not counted) and clipping of the global L2 norm, all on the
+    /// device with no round trip. See [`Self::guard`] for the scaler's state.
+    pub fn with_guard(
+        gpu: &Gpu,
+        config: impl Into<Optimizer>,
+        precision: Precision,
+        pieces: &[Piece<'_>],
+        guard: Guard,
+    ) -> Result<Self> {
+        Self::build(
+            gpu,
+            config.into(),
+            precision,
+            pieces,
+            GuardSource::Own(guard),
+        )
+    }
+
+    pub(crate) fn build(
+        gpu: &Gpu,
+        config: Optimizer,
+        precision: Precision,
+        pieces: &[Piece<'_>],
+        guard: GuardSource,
+    ) -> Result<Self> {
         config.validate()?;
+        if let GuardSource::Own(guard) = &guard {
+            guard.validate()?;
+        }
         check_pieces(gpu, pieces, ("params", "grads"), precision.param_bytes())?;
-        let kernel = gpu.kernel(&config, precision)?;
+        let guard = match guard {
+            GuardSource::None => None,
+            GuardSource::Own(guard) => {
+                let format = precision.half_format();
+                let ranges: Vec<_> = pieces.iter().map(|p| (p.grads, format)).collect();
+                Some((GradGuard::new(gpu, guard, &ranges)?, true))
+            }
+            GuardSource::Shared(guard, runs_pass) => Some((guard, runs_pass)),
+        };
+        let kernel = gpu.kernel(&config, precision, guard.is_some())?;
         let spec = config.kernel();
         let name = config.name();
         let slots = config.state_slots();
+        let storage = if guard.is_some() {
+            wgpu::BufferUsages::STORAGE
+        } else {
+            wgpu::BufferUsages::empty()
+        };
         let uniform = gpu.scoped("allocating the uniform", || {
             gpu.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("{name}/scalars")),
                 size: STEP_BITS_OFFSET + STEP_BITS_SIZE,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST | storage,
                 mapped_at_creation: false,
             })
         })?;
+        let guarded = match guard {
+            Some((guard, runs_pass)) => Some(Guarded::new(
+                gpu,
+                guard,
+                runs_pass,
+                &uniform,
+                spec.uniform.size as u64,
+            )?),
+            None => None,
+        };
         let placeholder = gpu.zeros(&format!("{name}/unused"), 1)?;
         let half = precision.half_format().is_some();
         let grid = gpu.grid();
@@ -208,7 +299,11 @@ impl GpuOptimizer {
                             entry(GRAD_BINDING, elements(grads.buffer, grad_word + start, n)),
                             entry(
                                 CHUNK_BINDING,
-                                uniform_range(&chunk_info, chunk_index * CHUNK_STRIDE, CHUNK_SIZE),
+                                uniform_range(
+                                    &chunk_info,
+                                    chunk_index * UNIFORM_STRIDE,
+                                    CHUNK_SIZE,
+                                ),
                             ),
                             entry(
                                 STEP_BITS_BINDING,
@@ -259,7 +354,25 @@ impl GpuOptimizer {
             uniform,
             dispatches,
             step: 0,
+            guarded,
         })
+    }
+
+    /// The guard run before each step, if the optimizer was made with one: its
+    /// [`GradGuard::read`] gives the scale and whether the last step was skipped.
+    pub fn guard(&self) -> Option<&GradGuard> {
+        self.guarded.as_ref().map(|g| &g.guard)
+    }
+
+    /// The steps counted so far, as PyTorch's `state['step']`: without a guard, the steps
+    /// recorded ([`Self::step_count`]); with one, the steps that ran and were not skipped,
+    /// read from the device (waiting for the steps submitted before).
+    pub fn read_step_count(&mut self, gpu: &Gpu) -> Result<u64> {
+        self.check_device(gpu)?;
+        match &mut self.guarded {
+            Some(guarded) => Ok(guarded.confirm(gpu)?.1),
+            None => Ok(self.step),
+        }
     }
 
     /// The storage precision.
@@ -283,7 +396,8 @@ impl GpuOptimizer {
     }
 
     /// Steps taken so far (PyTorch's `state['step']`): every step recorded into an encoder,
-    /// whether or not the caller has submitted it yet. [`Self::step`] takes back a step whose
+    /// whether or not the caller has submitted it yet. Under a guard, skipped steps are
+    /// counted here too; [`Self::read_step_count`] gives the device's count. [`Self::step`] takes back a step whose
     /// submission is refused; a caller that submits its own encoders does so with
     /// [`Self::set_step_count`].
     pub fn step_count(&self) -> u64 {
@@ -346,30 +460,37 @@ impl GpuOptimizer {
     }
 
     /// Everything of the next step that can fail short of the encoder: the learning rate is
-    /// checked and the scalars are written into a buffer of their own. Nothing is recorded.
-    pub(crate) fn stage(&self, gpu: &Gpu, lr: f64) -> Result<StagedStep> {
+    /// checked and the scalars are written into a buffer of their own (under a guard, those of
+    /// every step count the device may have reached). Nothing is recorded.
+    pub(crate) fn stage(&mut self, gpu: &Gpu, lr: f64) -> Result<StagedStep> {
         self.check_device(gpu)?;
         crate::optim::non_negative(self.config.name(), "lr", lr)?;
         let step = self.step + 1;
-        let scalars = self.config.uniform(step, lr);
-        let key = self.precision.step_key(step);
-        let source = gpu.scoped("writing a step's scalars", || {
-            let source = gpu.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("fusedopt/step scalars"),
-                size: self.uniform.size(),
-                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: true,
-            });
-            source
-                .get_mapped_range_mut(..)
-                .map_err(|e| Error::Mapping {
-                    what: "a step's scalars".into(),
-                    source: Box::new(e),
-                })?
-                .copy_from_slice(&uniform_bytes(scalars.as_bytes(), key));
-            source.unmap();
-            Ok(source)
-        })??;
+        let scalars = |t: u64| (self.config.uniform(t, lr), self.precision.step_key(t));
+        let bytes = match &mut self.guarded {
+            None => {
+                let (uniform, key) = scalars(step);
+                uniform_bytes(uniform.as_bytes(), key)
+            }
+            Some(guarded) => {
+                let (base, count) = guarded.window(gpu, self.step)?;
+                let words = self.config.kernel().uniform.size / 4;
+                let mut bytes = Vec::new();
+                let header = [base as u32, count as u32, words as u32, 0];
+                bytes.extend_from_slice(bytemuck::cast_slice(&header));
+                for t in base + 1..=base + count {
+                    let (uniform, key) = scalars(t);
+                    bytes.extend_from_slice(uniform.as_bytes());
+                    bytes.extend_from_slice(bytemuck::cast_slice(&key));
+                }
+                bytes
+            }
+        };
+        let source = gpu.buffer_with(
+            "fusedopt/step scalars",
+            &bytes,
+            wgpu::BufferUsages::COPY_SRC,
+        )?;
         Ok(StagedStep { step, source })
     }
 
@@ -387,12 +508,24 @@ impl GpuOptimizer {
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
         gpu.capture("recording an optimizer step", || {
-            let size = self.uniform.size();
-            encoder.copy_buffer_to_buffer(&staged.source, 0, &self.uniform, 0, size);
+            let size = staged.source.size();
+            let target = match &self.guarded {
+                Some(guarded) => &guarded.candidates,
+                None => &self.uniform,
+            };
+            encoder.copy_buffer_to_buffer(&staged.source, 0, target, 0, size);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(self.config.name()),
                 timestamp_writes,
             });
+            if let Some(guarded) = &self.guarded {
+                if guarded.runs_pass {
+                    guarded.guard.record(&mut pass);
+                }
+                pass.set_pipeline(&guarded.choose.pipeline);
+                pass.set_bind_group(0, &guarded.bind_group, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
             pass.set_pipeline(&self.kernel.pipeline);
             self.dispatches.record(&mut pass);
         })?;
@@ -548,7 +681,7 @@ fn state_buffer(
 
 /// The `Chunk` uniforms of a piece of `len` elements starting at element `base` of the whole
 /// set, cut into `chunks` chunks of `per_chunk` elements (the last one shorter), each at a
-/// multiple of [`CHUNK_STRIDE`].
+/// multiple of [`UNIFORM_STRIDE`].
 fn chunk_buffer(
     gpu: &Gpu,
     label: &str,
@@ -557,46 +690,112 @@ fn chunk_buffer(
     chunks: u64,
     per_chunk: u64,
 ) -> Result<wgpu::Buffer> {
-    let mut bytes = vec![0u8; (chunks * CHUNK_STRIDE) as usize];
-    for c in 0..chunks {
-        let first = c * per_chunk;
-        let at = base + first;
-        let fields = [
-            (len - first).min(per_chunk) as u32,
-            at as u32,
-            (at >> 32) as u32,
-            0,
-        ];
-        let offset = (c * CHUNK_STRIDE) as usize;
-        bytes[offset..offset + 16].copy_from_slice(bytemuck::cast_slice(&fields));
-    }
-    gpu.scoped("writing chunk uniforms", || {
-        let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.len() as u64,
-            usage: wgpu::BufferUsages::UNIFORM,
-            mapped_at_creation: true,
-        });
-        buffer
-            .get_mapped_range_mut(..)
-            .map_err(|e| Error::Mapping {
-                what: "chunk uniforms".into(),
-                source: Box::new(e),
-            })?
-            .copy_from_slice(&bytes);
-        buffer.unmap();
-        Ok(buffer)
-    })?
+    let records: Vec<[u32; 4]> = (0..chunks)
+        .map(|c| {
+            let first = c * per_chunk;
+            let at = base + first;
+            [
+                (len - first).min(per_chunk) as u32,
+                at as u32,
+                (at >> 32) as u32,
+                0,
+            ]
+        })
+        .collect();
+    gpu.uniform_records(label, &records)
 }
 
-/// The bytes of a step's uniform buffer: the optimizer's scalars at 0, the step's random key
-/// at [`STEP_BITS_OFFSET`].
+/// The bytes of a step's uniform buffer: the optimizer's scalars at 0, the step's `StepBits`
+/// at [`STEP_BITS_OFFSET`] (its random key; not skipped, gradient factors 1).
 fn uniform_bytes(scalars: &[u8], key: [u32; 2]) -> Vec<u8> {
     let mut bytes = vec![0u8; (STEP_BITS_OFFSET + STEP_BITS_SIZE) as usize];
     bytes[..scalars.len()].copy_from_slice(scalars);
+    let one = 1.0f32.to_bits();
+    let bits = [key[0], key[1], 0, one, one, 0, 0, 0];
     let at = STEP_BITS_OFFSET as usize;
-    bytes[at..at + 8].copy_from_slice(bytemuck::cast_slice(&key));
+    bytes[at..].copy_from_slice(bytemuck::cast_slice(&bits));
     bytes
+}
+
+impl Guarded {
+    fn new(
+        gpu: &Gpu,
+        guard: GradGuard,
+        runs_pass: bool,
+        uniform: &wgpu::Buffer,
+        scalar_bytes: u64,
+    ) -> Result<Self> {
+        let choose = gpu.guard_kernel(GuardStage::Choose, None)?;
+        let counter = gpu.zeros("fusedopt/step counter", 4)?;
+        let candidates = gpu.zeros(
+            "fusedopt/candidate scalars",
+            (4 + MAX_UNCONFIRMED_STEPS * (scalar_bytes / 4 + 2)) as usize,
+        )?;
+        let bind_group = gpu.scoped("creating the guard's bind groups", || {
+            gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("guard/choose"),
+                layout: &choose.layout,
+                entries: &[
+                    buffer_entry(GUARD_STATE_BINDING, guard.state_buffer(), 0, None),
+                    buffer_entry(GUARD_COUNTER_BINDING, &counter, 0, None),
+                    buffer_entry(GUARD_CANDIDATES_BINDING, &candidates, 0, None),
+                    buffer_entry(GUARD_SCALARS_BINDING, uniform, 0, None),
+                ],
+            })
+        })?;
+        Ok(Self {
+            guard,
+            runs_pass,
+            choose,
+            bind_group,
+            counter,
+            candidates,
+            confirmed: (0, 0),
+        })
+    }
+
+    /// Reads the device's counts: steps run and steps counted. An error if the device ever
+    /// met a step the host had prepared no scalars for.
+    fn confirm(&mut self, gpu: &Gpu) -> Result<(u64, u64)> {
+        let words: Vec<u32> = gpu
+            .download(&self.counter, 0, 4)?
+            .into_iter()
+            .map(f32::to_bits)
+            .collect();
+        if words[2] != 0 {
+            return Err(Error::InvalidSetting {
+                what: "guarded step".into(),
+                message: format!(
+                    "{} steps ran without scalars for their step count and were skipped",
+                    words[2]
+                ),
+            });
+        }
+        self.confirmed = (u64::from(words[1]), u64::from(words[0]));
+        Ok(self.confirmed)
+    }
+
+    /// The step counts the next step's scalars must cover, after `recorded` steps: from the
+    /// last count read back, one more per step recorded since (any of them may be skipped).
+    /// Reads the counts back when there would be more than [`MAX_UNCONFIRMED_STEPS`].
+    fn window(&mut self, gpu: &Gpu, recorded: u64) -> Result<(u64, u64)> {
+        let pending = |confirmed: (u64, u64)| recorded.saturating_sub(confirmed.0) + 1;
+        if pending(self.confirmed) > MAX_UNCONFIRMED_STEPS {
+            self.confirm(gpu)?;
+        }
+        let count = pending(self.confirmed);
+        if count > MAX_UNCONFIRMED_STEPS {
+            return Err(Error::InvalidSetting {
+                what: "guarded step".into(),
+                message: format!(
+                    "{} guarded steps are recorded that have not run; submit them before \
+                     recording more (at most {MAX_UNCONFIRMED_STEPS})",
+                    count - 1
+                ),
+            });
+        }
+        Ok((self.confirmed.1, count))
+    }
 }
 
 /// `size` bytes of a uniform buffer from `offset`.

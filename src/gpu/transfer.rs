@@ -5,6 +5,10 @@
 use super::Gpu;
 use crate::error::{Error, Result};
 
+/// Offset of one record from the next in a buffer of small uniforms, one per dispatch: the
+/// largest uniform offset alignment a device may ask for.
+pub(crate) const UNIFORM_STRIDE: u64 = 256;
+
 /// Largest staging buffer used for readback and initialization.
 const TRANSFER_CHUNK_BYTES: u64 = 64 << 20;
 
@@ -52,6 +56,50 @@ impl Gpu {
             self.queue
                 .write_buffer(buffer, offset * 4, bytemuck::cast_slice(data));
         })
+    }
+
+    /// A new buffer of `usage` holding `bytes` (a multiple of 4), written at creation: for
+    /// small buffers of uniforms and per-step values.
+    pub(crate) fn buffer_with(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        self.scoped(&format!("writing {label}"), || {
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.len() as u64,
+                usage,
+                mapped_at_creation: true,
+            });
+            buffer
+                .get_mapped_range_mut(..)
+                .map_err(|e| Error::Mapping {
+                    what: label.to_string(),
+                    source: Box::new(e),
+                })?
+                .copy_from_slice(bytes);
+            buffer.unmap();
+            Ok(buffer)
+        })?
+    }
+
+    /// A uniform buffer of 16-byte `records`, each at a multiple of [`UNIFORM_STRIDE`] so that
+    /// each can be bound on its own.
+    pub(crate) fn uniform_records(
+        &self,
+        label: &str,
+        records: &[[u32; 4]],
+    ) -> Result<wgpu::Buffer> {
+        let mut bytes = vec![0u8; records.len() * UNIFORM_STRIDE as usize];
+        for (record, at) in records
+            .iter()
+            .zip(bytes.chunks_mut(UNIFORM_STRIDE as usize))
+        {
+            at[..16].copy_from_slice(bytemuck::cast_slice(record));
+        }
+        self.buffer_with(label, &bytes, wgpu::BufferUsages::UNIFORM)
     }
 
     /// Fills `len` elements of `buffer` from element `offset` with `value`, in bounded pieces.

@@ -7,12 +7,18 @@
 
 mod cache;
 mod dispatch;
+mod guard;
 
 use std::num::NonZeroU64;
 
 pub(crate) use cache::PipelineCache;
 pub(crate) use dispatch::{Chunked, Grid};
 pub use dispatch::{LaunchShape, workgroups};
+pub use guard::{
+    GUARD_CANDIDATES_BINDING, GUARD_COUNTER_BINDING, GUARD_GRADS_BINDING, GUARD_PARTIALS_BINDING,
+    GUARD_RANGE_BINDING, GUARD_SCALARS_BINDING, GUARD_SETTINGS_BINDING, GUARD_STATE_BINDING,
+    GUARD_WGSL, GuardStage, guard_source,
+};
 
 use crate::optim::{HalfFormat, KernelSpec, MAX_STATE, Precision};
 
@@ -61,7 +67,7 @@ pub const MASTER_BINDING: u32 = 8;
 pub const STEP_BITS_OFFSET: u64 = 256;
 
 /// Bytes of the per-step values (`StepBits` in `precision.wgsl`).
-pub const STEP_BITS_SIZE: u64 = 16;
+pub const STEP_BITS_SIZE: u64 = 32;
 
 /// Bytes of a chunk's uniform (`Chunk` in `precision.wgsl`).
 pub const CHUNK_SIZE: u64 = 16;
@@ -77,7 +83,12 @@ pub fn source(spec: &KernelSpec) -> String {
 
 /// The override constants of `precision.wgsl` for `precision`, with the state tensors `used`
 /// (one flag per binding, in the spec's order).
-pub fn precision_overrides(precision: Precision, used: &[bool]) -> Vec<(&'static str, f64)> {
+/// `guarded`: a guard's `choose` writes the step's skip flag and gradient factors.
+pub fn precision_overrides(
+    precision: Precision,
+    used: &[bool],
+    guarded: bool,
+) -> Vec<(&'static str, f64)> {
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let mask = used
         .iter()
@@ -96,6 +107,7 @@ pub fn precision_overrides(precision: Precision, used: &[bool]) -> Vec<(&'static
             "STOCHASTIC",
             flag(matches!(precision, Precision::Stochastic { .. })),
         ),
+        ("GUARDED", flag(guarded)),
         ("STATE_USED", f64::from(mask)),
     ]
 }
@@ -135,7 +147,14 @@ impl Kernel {
             uniform_entry(STEP_BITS_BINDING, STEP_BITS_SIZE),
             storage_entry(MASTER_BINDING, false),
         ]);
-        Self::compile(device, spec.name, &source(spec), &entries, constants)
+        Self::compile(
+            device,
+            spec.name,
+            &source(spec),
+            ENTRY_POINT,
+            &entries,
+            constants,
+        )
     }
 
     /// The copy kernel of the bandwidth roofline: bindings 1 and 2 only, with the
@@ -145,14 +164,22 @@ impl Kernel {
             storage_entry(PARAM_BINDING, false),
             storage_entry(GRAD_BINDING, true),
         ];
-        Self::compile(device, "copy", &copy_source(), &entries, constants)
+        Self::compile(
+            device,
+            "copy",
+            &copy_source(),
+            ENTRY_POINT,
+            &entries,
+            constants,
+        )
     }
 
-    /// Compiles `source` against an explicit layout of one bind group.
+    /// Compiles entry point `entry` of `source` against an explicit layout of one bind group.
     fn compile(
         device: &wgpu::Device,
         label: &str,
         source: &str,
+        entry: &str,
         entries: &[wgpu::BindGroupLayoutEntry],
         constants: &[(&'static str, f64)],
     ) -> Self {
@@ -173,10 +200,10 @@ impl Kernel {
             label: Some(label),
             layout: Some(&pipeline_layout),
             module: &module,
-            entry_point: Some(ENTRY_POINT),
+            entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants,
-                // The kernels use no workgroup memory.
+                // The kernels write their workgroup memory before reading it.
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
@@ -186,7 +213,7 @@ impl Kernel {
 }
 
 /// A uniform buffer of `size` bytes seen by compute shaders.
-fn uniform_entry(binding: u32, size: u64) -> wgpu::BindGroupLayoutEntry {
+pub(crate) fn uniform_entry(binding: u32, size: u64) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -201,13 +228,22 @@ fn uniform_entry(binding: u32, size: u64) -> wgpu::BindGroupLayoutEntry {
 
 /// A storage buffer of 4-byte words (at least one) seen by compute shaders.
 pub(crate) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    sized_storage_entry(binding, read_only, 4)
+}
+
+/// A storage buffer of at least `size` bytes (a struct's) seen by compute shaders.
+pub(crate) fn sized_storage_entry(
+    binding: u32,
+    read_only: bool,
+    size: u64,
+) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Storage { read_only },
             has_dynamic_offset: false,
-            min_binding_size: NonZeroU64::new(4),
+            min_binding_size: NonZeroU64::new(size),
         },
         count: None,
     }

@@ -10,6 +10,7 @@ mod adadelta;
 mod adagrad;
 mod adam;
 mod adamw;
+mod guard;
 mod hyper;
 mod precision;
 mod rmsprop;
@@ -19,6 +20,10 @@ mod sgd;
 pub use adadelta::{Adadelta, AdadeltaScalars};
 pub use adagrad::{Adagrad, AdagradScalars};
 pub use adam::{Adam, AdamScalars};
+pub use guard::{
+    GUARD_BLOCK, GUARD_LANES, GUARD_PER_LANE, Guard, GuardOutcome, LossScaler, ScalerState,
+    finish_guard, initial_scaler_state, non_finite_bits, unscale_of,
+};
 pub use precision::{HalfFormat, Precision, hash32, random_bits, round_bf16_stochastic, step_key};
 pub use rmsprop::{Rmsprop, RmspropScalars};
 pub use rule::{KernelSpec, UniformLayout};

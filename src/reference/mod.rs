@@ -13,11 +13,13 @@ mod adagrad;
 mod adam;
 mod common;
 mod fast;
+mod guard;
 mod precision;
 mod rmsprop;
 mod sgd;
 
 pub use fast::{InstructionSet, TASK as FAST_TASK_ELEMENTS};
+pub use guard::CpuGuard;
 
 use ndarray::{ArrayView1, ArrayViewMut1};
 

@@ -53,13 +53,22 @@ impl CpuOptimizer {
     /// One step at learning rate `lr` on 16-bit parameters and gradients (the bits of the
     /// precision's format). A master copy starts as the parameters widened.
     pub fn step_half(&mut self, params: &mut [u16], grads: &[u16], lr: f64) -> Result<()> {
+        self.step_half_with(params, grads, lr, |g| g.collect())
+    }
+
+    /// [`Self::step_half`] with the widened gradient passed through `grad` first.
+    pub(super) fn step_half_with(
+        &mut self,
+        params: &mut [u16],
+        grads: &[u16],
+        lr: f64,
+        grad: impl FnOnce(&mut dyn Iterator<Item = f32>) -> Vec<f32>,
+    ) -> Result<()> {
         self.require_precision(true)?;
-        self.check_len("params", params.len())?;
-        self.check_len("grads", grads.len())?;
-        crate::optim::non_negative(self.config.name(), "lr", lr)?;
+        self.check_lens(params.len(), grads.len(), lr)?;
         let format = self.precision.half_format().expect("checked: 16-bit");
         let widen = |bits: &[u16]| bits.iter().map(|&b| format.widen(b)).collect::<Vec<f32>>();
-        let g = widen(grads);
+        let g = grad(&mut grads.iter().map(|&b| format.widen(b)));
         let mut p = match self.master.take() {
             Some(master) => master,
             None => widen(params),
@@ -109,6 +118,14 @@ impl CpuOptimizer {
                 if half { "step_with_lr" } else { "step_half" }
             ),
         })
+    }
+
+    /// Fails unless parameters and gradients have one element per parameter and `lr` is
+    /// valid.
+    pub(super) fn check_lens(&self, params: usize, grads: usize, lr: f64) -> Result<()> {
+        self.check_len("params", params)?;
+        self.check_len("grads", grads)?;
+        crate::optim::non_negative(self.config.name(), "lr", lr)
     }
 
     fn check_len(&self, what: &str, got: usize) -> Result<()> {

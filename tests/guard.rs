@@ -1,0 +1,212 @@
+//! Loss scaling and global-norm clipping on the device against the CPU mirror: every
+//! optimizer in every precision, bit for bit, with steps that overflow and are skipped, the
+//! scale's sequence, the norm and the clip factor; over several pieces and chunks, and over a
+//! whole model's groups.
+
+mod common;
+
+use fusedopt::testing::{RandomProblem, guarded_against_cpu, validation_guard, variants};
+use fusedopt::{
+    BufferRange, CpuGuard, CpuOptimizer, Guard, LossScaler, ModelLayout, ModelOptimizer, Optimizer,
+    Precision, TensorSpec, Tolerance,
+};
+use ndarray::{ArrayView1, ArrayViewMut1};
+
+/// Every optimizer with PyTorch's defaults, plus momentum for SGD.
+fn optimizers() -> Vec<Optimizer> {
+    Optimizer::NAMES
+        .iter()
+        .map(|name| variants(name).expect("known name").swap_remove(0))
+        .chain([Optimizer::from_torch(
+            "sgd",
+            &serde_json::json!({"lr": 0.01, "momentum": 0.9, "nesterov": true}),
+        )
+        .expect("valid")])
+        .collect()
+}
+
+fn assert_exact(report: &fusedopt::testing::CaseReport) {
+    for (name, stats) in &report.tensors {
+        assert!(
+            stats.passed(),
+            "{} {} {name}: {stats:?}",
+            report.optimizer.describe(),
+            report.precision
+        );
+    }
+}
+
+#[test]
+fn every_optimizer_in_every_precision_matches_the_cpu_under_a_guard() {
+    let Some(gpu) = common::gpu() else { return };
+    for precision in Precision::ALL {
+        for config in optimizers() {
+            let report = guarded_against_cpu(
+                gpu,
+                &config,
+                precision,
+                validation_guard(),
+                9_001,
+                10,
+                7,
+                &Tolerance::EXACT,
+            )
+            .unwrap();
+            assert_exact(&report);
+        }
+    }
+}
+
+#[test]
+fn chunk_borders_and_a_guard_without_scaler_or_clip() {
+    let Some(mut gpu) = common::own_gpu() else {
+        return;
+    };
+    // 16 KiB chunks: every range spans several chunks of whole blocks.
+    gpu.set_max_chunk_bytes(16 << 10).unwrap();
+    let adam = Optimizer::from_torch("adamw", &serde_json::json!({})).unwrap();
+    for guard in [
+        validation_guard(),
+        Guard {
+            scaler: None,
+            max_norm: Some(0.5),
+        },
+        Guard {
+            scaler: Some(LossScaler::default()),
+            max_norm: None,
+        },
+    ] {
+        for precision in [Precision::F32, Precision::Half(fusedopt::HalfFormat::Bf16)] {
+            let report = guarded_against_cpu(
+                &gpu,
+                &adam,
+                precision,
+                guard,
+                40_001,
+                8,
+                3,
+                &Tolerance::EXACT,
+            )
+            .unwrap();
+            assert_exact(&report);
+        }
+    }
+}
+
+#[test]
+fn a_model_steps_every_group_or_skips_every_group() {
+    let Some(gpu) = common::gpu() else { return };
+    let tensors = [
+        TensorSpec::new("w", &[70, 90]),
+        TensorSpec::new("b", &[90]),
+        TensorSpec::new("w2", &[90, 33]),
+    ];
+    let align = ModelLayout::device_alignment(gpu);
+    let layout = ModelLayout::new(&tensors, 2, fusedopt::model::decay_group, align).unwrap();
+    let configs = [
+        Optimizer::from_torch("adamw", &serde_json::json!({"weight_decay": 0.1})).unwrap(),
+        Optimizer::from_torch("adamw", &serde_json::json!({"weight_decay": 0.0})).unwrap(),
+    ];
+    let guard = validation_guard();
+    let mut problem = RandomProblem::new(layout.len(), 11);
+    // Padding holds zeros in parameters and gradients.
+    let pad = |values: &[f32]| -> Vec<f32> {
+        let mut out = vec![0.0; layout.len()];
+        for s in layout.segments() {
+            out[s.offset..s.offset + s.len].copy_from_slice(&values[s.offset..s.offset + s.len]);
+        }
+        out
+    };
+    let start = pad(&problem.params);
+    let params = gpu.upload("model/params", &start).unwrap();
+    let grads = gpu.zeros("model/grads", layout.len()).unwrap();
+    let mut model = ModelOptimizer::with_guard(
+        gpu,
+        layout.clone(),
+        BufferRange::whole(&params),
+        BufferRange::whole(&grads),
+        &configs,
+        guard,
+    )
+    .unwrap();
+    let mut cpu_guard = CpuGuard::new(guard).unwrap();
+    let mut cpu: Vec<(CpuOptimizer, std::ops::Range<usize>)> = layout
+        .group_ranges()
+        .iter()
+        .zip(&configs)
+        .map(|(&(s, n), c)| (CpuOptimizer::new(c.clone(), n).unwrap(), s..s + n))
+        .collect();
+    let mut cpu_params = start.clone();
+    for t in 1..=12u64 {
+        let scale = cpu_guard.state().scale;
+        let mut g: Vec<f32> = pad(&problem.next_grad())
+            .iter()
+            .map(|g| g * scale)
+            .collect();
+        if t == 4 {
+            g[layout.segments()[2].offset] = f32::NEG_INFINITY;
+        }
+        gpu.write(&grads, 0, &g).unwrap();
+        model.step(gpu).unwrap();
+        let outcome = cpu_guard.prepare(&[&g]);
+        for (opt, range) in &mut cpu {
+            let lr = opt.config().lr();
+            opt.step_guarded(
+                ArrayViewMut1::from(&mut cpu_params[range.clone()]),
+                ArrayView1::from(&g[range.clone()]),
+                lr,
+                &outcome,
+            )
+            .unwrap();
+        }
+        let got = model.read_params(gpu).unwrap();
+        assert_eq!(
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            cpu_params.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "step {t}"
+        );
+        let report = model.guard().unwrap().read(gpu).unwrap();
+        assert_eq!(report.last_skipped, t == 4, "step {t}");
+        assert_eq!(report.scale, cpu_guard.state().scale, "step {t}");
+        assert_eq!(report.norm.to_bits(), outcome.norm.to_bits(), "step {t}");
+    }
+    for group in model.groups_mut() {
+        assert_eq!(group.read_step_count(gpu).unwrap(), 11, "one step skipped");
+    }
+}
+
+#[test]
+fn bad_guard_settings_are_typed_errors() {
+    let Some(gpu) = common::gpu() else { return };
+    let params = gpu.upload("bad/params", &[1.0; 8]).unwrap();
+    let grads = gpu.upload("bad/grads", &[1.0; 8]).unwrap();
+    let piece = fusedopt::Piece {
+        params: BufferRange::whole(&params),
+        grads: BufferRange::whole(&grads),
+    };
+    for guard in [
+        Guard {
+            scaler: None,
+            max_norm: Some(0.0),
+        },
+        Guard {
+            scaler: Some(LossScaler {
+                growth_factor: 0.5,
+                ..LossScaler::default()
+            }),
+            max_norm: None,
+        },
+    ] {
+        let made = fusedopt::GpuOptimizer::with_guard(
+            gpu,
+            fusedopt::Adam::default(),
+            Precision::F32,
+            &[piece],
+            guard,
+        );
+        assert!(
+            matches!(made, Err(fusedopt::Error::InvalidHyperparameter { .. })),
+            "{guard:?}"
+        );
+    }
+}
