@@ -9,9 +9,9 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::compare::{ErrorStats, Tolerance};
 use crate::error::{Error, Result};
-use crate::gpu::{BufferRange, Gpu, GpuOptimizer};
-use crate::optim::{HalfFormat, Optimizer, Precision};
-use crate::reference::CpuOptimizer;
+use crate::gpu::{BufferRange, Gpu, GpuOptimizer, Piece};
+use crate::optim::{Guard, GuardOutcome, HalfFormat, LossScaler, Optimizer, Precision};
+use crate::reference::{CpuGuard, CpuOptimizer};
 
 /// One recorded optimizer run.
 #[derive(Clone, Debug)]
@@ -43,6 +43,12 @@ pub struct Trajectory {
     pub master0: Option<Vec<f32>>,
     /// The f32 master after each step, `steps × n`, where the precision keeps one.
     pub master: Option<Vec<f32>>,
+    /// Loss scaling (`grad_scaler`) and clipping (`max_grad_norm`) of format 2; inactive in
+    /// format 1.
+    pub guard: Guard,
+    /// Under a scaler: the scale each step's gradients carry, and whether it was skipped, as
+    /// recorded (a checker reproduces both from the settings).
+    pub scale: Option<(Vec<f32>, Vec<bool>)>,
 }
 
 impl Trajectory {
@@ -106,6 +112,7 @@ impl Trajectory {
             };
             Ok((view.shape().to_vec(), data))
         };
+        let guard = read_guard(&|key| get_meta(key)).map_err(bad)?;
         let (s_params0, params0) = tensor("params0", storage)?;
         let (s_grads, grads) = tensor("grads", storage)?;
         let (s_params, params) = tensor("params", storage)?;
@@ -158,6 +165,24 @@ impl Trajectory {
         if n == 0 {
             return Err(bad("the trajectory has no parameters".into()));
         }
+        let scale = match guard.scaler {
+            Some(_) => {
+                let (s_scale, scale) = tensor("scale", None)?;
+                let found = tensors
+                    .tensor("found_inf")
+                    .map_err(|_| bad("missing tensor `found_inf`".into()))?;
+                if s_scale != [steps] || found.shape() != [steps] || found.dtype() != Dtype::U8 {
+                    return Err(bad(format!(
+                        "scale {s_scale:?} and found_inf {:?} {:?} must be [steps] (F32, U8)",
+                        found.shape(),
+                        found.dtype()
+                    )));
+                }
+                let skipped = found.data().iter().map(|&b| b != 0).collect();
+                Some((scale, skipped))
+            }
+            None => None,
+        };
         Ok(Self {
             path: path.to_string(),
             optimizer,
@@ -172,6 +197,8 @@ impl Trajectory {
             precision,
             master0,
             master,
+            guard,
+            scale,
         })
     }
 
@@ -223,6 +250,19 @@ impl Trajectory {
         }
     }
 
+    /// Folds step `t`'s scale and skip into `stats`, exactly, where a scaler ran.
+    fn compare_scaler(&self, stats: &mut ErrorStats, t: usize, scale: f32, skipped: bool) {
+        if let Some((scales, skips)) = &self.scale {
+            let flag = |b: bool| if b { 1.0 } else { 0.0 };
+            stats.add(
+                &Tolerance::EXACT,
+                t as u64 + 1,
+                &[scale, flag(skipped)],
+                &[scales[t], flag(skips[t])],
+            );
+        }
+    }
+
     /// 16-bit values of the trajectory's format (exact: they were widened from it).
     fn bits(&self, values: &[f32]) -> Vec<u16> {
         let format = self.precision.half_format().unwrap_or(HalfFormat::Bf16);
@@ -230,19 +270,25 @@ impl Trajectory {
     }
 
     /// Runs the trajectory through the CPU reference and compares every step (and the master
-    /// where there is one).
+    /// where there is one, and the scale and skipped steps under a scaler).
     pub fn check_cpu(&self, tol: &Tolerance) -> Result<ErrorStats> {
         let mut opt = CpuOptimizer::with_precision(self.optimizer.clone(), self.precision, self.n)?;
+        let mut guard = CpuGuard::new(self.guard)?;
         let mut stats = ErrorStats::default();
+        // Each step's outcome of the guard (a no-op one without a guard).
+        let mut prepare = |grad: &[f32]| -> GuardOutcome { guard.prepare(&[grad]) };
         if self.precision.half_format().is_none() {
             let mut p = self.params0.clone();
             for t in 0..self.steps {
-                opt.step_with_lr(
+                let outcome = prepare(self.grad(t));
+                opt.step_guarded(
                     ArrayViewMut1::from(&mut p[..]),
                     ArrayView1::from(self.grad(t)),
                     self.lr(t),
+                    &outcome,
                 )?;
                 self.compare(&mut stats, tol, t, &p, None);
+                self.compare_scaler(&mut stats, t, outcome.scale, outcome.skip);
             }
             return Ok(stats);
         }
@@ -252,42 +298,48 @@ impl Trajectory {
         let format = self.precision.half_format().expect("16-bit");
         let mut p = self.bits(&self.params0);
         for t in 0..self.steps {
-            opt.step_half(&mut p, &self.bits(self.grad(t)), self.lr(t))?;
+            let outcome = prepare(self.grad(t));
+            opt.step_half_guarded(&mut p, &self.bits(self.grad(t)), self.lr(t), &outcome)?;
             let widened: Vec<f32> = p.iter().map(|&b| format.widen(b)).collect();
             self.compare(&mut stats, tol, t, &widened, opt.master());
+            self.compare_scaler(&mut stats, t, outcome.scale, outcome.skip);
         }
         Ok(stats)
     }
 
-    /// Runs the trajectory through the GPU kernel and compares every step (and the master
-    /// where there is one).
+    /// Runs the trajectory through the GPU kernel (after the guard's pre-pass where the file
+    /// has a scaler or a clip) and compares every step (and the master where there is one,
+    /// and the scale and skipped steps under a scaler).
     pub fn check_gpu(&self, gpu: &Gpu, tol: &Tolerance) -> Result<ErrorStats> {
         let mut stats = ErrorStats::default();
-        if self.precision.half_format().is_none() {
-            let params = gpu.upload("golden/params", &self.params0)?;
-            let grads = gpu.upload("golden/grads", self.grad(0))?;
-            let mut opt = GpuOptimizer::new(gpu, self.optimizer.clone(), &params, &grads)?;
-            for t in 0..self.steps {
-                gpu.write(&grads, 0, self.grad(t))?;
-                opt.step_with_lr(gpu, self.lr(t))?;
-                self.compare(&mut stats, tol, t, &opt.read_params(gpu)?, None);
-            }
-            return Ok(stats);
-        }
-        let params = gpu.upload_half("golden/params", &self.bits(&self.params0))?;
-        let grads = gpu.upload_half("golden/grads", &self.bits(self.grad(0)))?;
-        let mut opt = GpuOptimizer::with_precision(
-            gpu,
-            self.optimizer.clone(),
-            self.precision,
-            BufferRange::half(&params, self.n),
-            BufferRange::half(&grads, self.n),
-        )?;
+        let half = self.precision.half_format().is_some();
+        let upload = |label: &str, values: &[f32]| match half {
+            true => gpu.upload_half(label, &self.bits(values)),
+            false => gpu.upload(label, values),
+        };
+        let params = upload("golden/params", &self.params0)?;
+        let grads = upload("golden/grads", self.grad(0))?;
+        let range = |buffer| match half {
+            true => BufferRange::half(buffer, self.n),
+            false => BufferRange::whole(buffer),
+        };
+        let pieces = [Piece {
+            params: range(&params),
+            grads: range(&grads),
+        }];
+        let (config, precision) = (self.optimizer.clone(), self.precision);
+        let mut opt = match self.guard.is_active() {
+            true => GpuOptimizer::with_guard(gpu, config, precision, &pieces, self.guard)?,
+            false => GpuOptimizer::with_pieces_in(gpu, config, precision, &pieces)?,
+        };
         if let Some(master0) = &self.master0 {
             opt.write_master(gpu, master0)?;
         }
         for t in 0..self.steps {
-            gpu.write_half(&grads, 0, &self.bits(self.grad(t)))?;
+            match half {
+                true => gpu.write_half(&grads, 0, &self.bits(self.grad(t)))?,
+                false => gpu.write(&grads, 0, self.grad(t))?,
+            }
             opt.step_with_lr(gpu, self.lr(t))?;
             let master = match self.master {
                 Some(_) => Some(opt.read_master(gpu)?),
@@ -300,14 +352,40 @@ impl Trajectory {
                 &opt.read_params(gpu)?,
                 master.as_deref(),
             );
+            if let Some(guard) = opt.guard() {
+                let report = guard.read(gpu)?;
+                self.compare_scaler(&mut stats, t, report.last_scale, report.last_skipped);
+            }
         }
         Ok(stats)
     }
 }
 
+/// Format 2's loss scaler (`grad_scaler`, JSON) and clip (`max_grad_norm`).
+fn read_guard(meta: &dyn Fn(&str) -> Option<String>) -> std::result::Result<Guard, String> {
+    let scaler = match meta("grad_scaler") {
+        Some(text) => {
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| format!("metadata `grad_scaler` is not JSON: {e}"))?;
+            Some(LossScaler::from_json(&json).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let max_norm = match meta("max_grad_norm") {
+        Some(text) => Some(
+            text.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("metadata `max_grad_norm` `{text}` is not a number"))?,
+        ),
+        None => None,
+    };
+    let guard = Guard { scaler, max_norm };
+    guard.validate().map_err(|e| e.to_string())?;
+    Ok(guard)
+}
+
 /// The precision format 2's metadata describes (`param_dtype`, `grad_dtype`, `state_dtype`,
-/// `master`; absent keys give format 1's f32). Loss scaling and clipping are not run yet: a
-/// file with `grad_scaler` or `max_grad_norm` is refused by name rather than checked wrongly.
+/// `master`; absent keys give format 1's f32).
 fn precision(meta: &dyn Fn(&str) -> Option<String>) -> std::result::Result<Precision, String> {
     let dtype = |key: &str| -> std::result::Result<Option<HalfFormat>, String> {
         match meta(key).as_deref() {
@@ -319,13 +397,6 @@ fn precision(meta: &dyn Fn(&str) -> Option<String>) -> std::result::Result<Preci
             )),
         }
     };
-    for key in ["grad_scaler", "max_grad_norm"] {
-        if meta(key).is_some() {
-            return Err(format!(
-                "`{key}`: loss scaling and gradient clipping are not supported yet"
-            ));
-        }
-    }
     let (param, grad, state) = (
         dtype("param_dtype")?,
         dtype("grad_dtype")?,

@@ -15,16 +15,23 @@ use ndarray::{ArrayView1, ArrayViewMut1};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
+/// Values a check compares: every element of every step (parameters, and the master where
+/// there is one), and each step's scale and skip under a scaler.
+fn compared(traj: &Trajectory) -> u64 {
+    let tensors = 1 + usize::from(traj.master.is_some());
+    let scaler = if traj.scale.is_some() { 2 } else { 0 };
+    (traj.steps * (traj.n * tensors + scaler)) as u64
+}
+
 #[test]
 fn cpu_reference_follows_every_trajectory() {
     for file in golden_files() {
         let traj = Trajectory::load(&file).unwrap();
         let stats = traj.check_cpu(&Tolerance::F32).unwrap();
-        let tensors = 1 + usize::from(traj.master.is_some());
         assert_eq!(
             stats.compared,
-            (traj.n * traj.steps * tensors) as u64,
-            "every element of every step, the master too"
+            compared(&traj),
+            "every element of every step, the master, scale and skip too"
         );
         assert!(stats.passed(), "{}: {stats:?}", file.display());
     }
@@ -36,11 +43,10 @@ fn gpu_kernels_follow_every_trajectory() {
     for file in golden_files() {
         let traj = Trajectory::load(&file).unwrap();
         let stats = traj.check_gpu(gpu, &Tolerance::F32).unwrap();
-        let tensors = 1 + usize::from(traj.master.is_some());
         assert_eq!(
             stats.compared,
-            (traj.n * traj.steps * tensors) as u64,
-            "every element of every step, the master too"
+            compared(&traj),
+            "every element of every step, the master, scale and skip too"
         );
         assert!(stats.passed(), "{}: {stats:?}", file.display());
     }
@@ -179,7 +185,37 @@ fn trajectory_shell() -> Trajectory {
         precision: fusedopt::Precision::F32,
         master0: None,
         master: None,
+        guard: fusedopt::Guard::default(),
+        scale: None,
     }
+}
+
+#[test]
+fn a_scale_sequence_or_skip_that_differs_from_the_recording_fails() {
+    let path = golden_files()
+        .into_iter()
+        .find(|p| p.ends_with("mp_adam_gradscaler.safetensors"))
+        .expect("the GradScaler trajectory is in tests/golden/mixed");
+    let good = Trajectory::load(&path).unwrap();
+    let tol = Tolerance::F32;
+    assert!(good.check_cpu(&tol).unwrap().passed());
+    let (scales, skips) = good.scale.clone().unwrap();
+    assert!(skips.iter().any(|s| *s), "the recording skips steps");
+    let mut wrong_scale = good.clone();
+    let mut tampered = scales.clone();
+    tampered[5] *= 2.0;
+    wrong_scale.scale = Some((tampered, skips.clone()));
+    assert!(!wrong_scale.check_cpu(&tol).unwrap().passed());
+    let mut wrong_skip = good.clone();
+    let mut flipped = skips.clone();
+    flipped[3] = !flipped[3];
+    wrong_skip.scale = Some((scales, flipped));
+    assert!(!wrong_skip.check_cpu(&tol).unwrap().passed());
+    // Without the scaler the overflowing gradients reach the parameters.
+    let mut unguarded = good.clone();
+    unguarded.guard = fusedopt::Guard::default();
+    unguarded.scale = None;
+    assert!(!unguarded.check_cpu(&tol).unwrap().passed());
 }
 
 #[test]
@@ -188,6 +224,8 @@ fn malformed_files_are_rejected_with_the_reason() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a safetensors file"), "{err}");
+    let bad_scaler = fusedopt::LossScaler::from_json(&serde_json::json!({"growth_factor": 0.9}));
+    assert!(bad_scaler.is_err());
     let err = Trajectory::load("/nonexistent/file.safetensors")
         .unwrap_err()
         .to_string();

@@ -616,10 +616,15 @@ fn check(gpu: Option<&Gpu>, files: &[PathBuf], tol: &Tolerance) -> Result<bool> 
             }
         };
         println!(
-            "{} ({} in {}, {} steps × {}; {}; {})",
+            "{} ({} in {}{}, {} steps × {}; {}; {})",
             file.display(),
             traj.optimizer.name(),
             traj.precision,
+            if traj.guard.is_active() {
+                format!(" with {}", traj.guard.describe())
+            } else {
+                String::new()
+            },
             traj.steps,
             traj.n,
             traj.optimizer.describe(),
