@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fusedopt::kernels::LaunchShape;
-use fusedopt::testing::{gpu_against_cpu_in, variants};
+use fusedopt::testing::{gpu_against_cpu_in, guarded_against_cpu, validation_guard, variants};
 use fusedopt::{
     ErrorStats, Gpu, Optimizer, Precision, Tolerance, golden::Trajectory, gpu::describe_adapter,
 };
@@ -91,6 +91,10 @@ enum Command {
         /// bf16-master, f16-master, bf16-sr. The 16-bit ones are measured on the GPU.
         #[arg(long = "precision", value_name = "P", value_parser = parse_precision)]
         precisions: Vec<Precision>,
+        /// Also measure each case guarded: after the pre-pass of a loss scaler (PyTorch's
+        /// GradScaler defaults) and a clip of the global norm, as rows of their own (GPU).
+        #[arg(long)]
+        guard: bool,
         #[command(flatten)]
         launch: LaunchArgs,
     },
@@ -187,12 +191,16 @@ fn main() -> ExitCode {
             time_per_point,
             no_rotation,
             precisions,
+            guard,
             launch,
         }) => (|| {
             let gpu = if cpu_only { None } else { Some(launch.gpu()?) };
             let mut options = BenchOptions::defaults(&optimizers, gpu.as_ref())?;
             if !precisions.is_empty() {
                 options.cases = bench::cases_in(&optimizers, &precisions)?;
+            }
+            if guard {
+                options.cases = bench::with_guarded(std::mem::take(&mut options.cases));
             }
             if !sizes.is_empty() {
                 options.sizes = sizes;
@@ -547,9 +555,15 @@ fn validate(
         tol.abs,
         tol.rel
     );
+    let guard = validation_guard();
     println!(
-        "{:<9} {:<11} {:>10} {:>10} {:>6} {:>4}  {:<15} options",
-        "optimizer", "precision", "max abs", "max rel", "ratio", "step", "worst tensor"
+        "every configuration runs twice: as is, and guarded by {} with an inf planted at step \
+         2 and a NaN at step 5 (skipped steps, scale, norm and clip compared exactly)",
+        guard.describe()
+    );
+    println!(
+        "{:<9} {:<11} {:<7} {:>10} {:>10} {:>6} {:>4}  {:<15} options",
+        "optimizer", "precision", "guard", "max abs", "max rel", "ratio", "step", "worst tensor"
     );
     let mut all_ok = true;
     let mut cases = 0;
@@ -558,9 +572,15 @@ fn validate(
             .iter()
             .map(move |precision| (name.as_str(), *precision))
     });
-    for (name, precision) in runs {
+    let runs = runs.flat_map(|run| [(run, false), (run, true)]);
+    for ((name, precision), guarded) in runs {
         for config in variants(name)? {
-            let report = gpu_against_cpu_in(gpu, &config, precision, size, steps, seed, tol)?;
+            let report = match guarded {
+                false => gpu_against_cpu_in(gpu, &config, precision, size, steps, seed, tol)?,
+                true => {
+                    guarded_against_cpu(gpu, &config, precision, guard, size, steps, seed, tol)?
+                }
+            };
             let overall = report.overall();
             let worst = report
                 .tensors
@@ -572,9 +592,10 @@ fn validate(
             all_ok &= overall.passed();
             cases += 1;
             println!(
-                "{:<9} {:<11} {:>10.2e} {:>10.2e} {:>6.3} {:>4}  {:<15} {}{}",
+                "{:<9} {:<11} {:<7} {:>10.2e} {:>10.2e} {:>6.3} {:>4}  {:<15} {}{}",
                 config.name(),
                 precision.name(),
+                if guarded { "yes" } else { "-" },
                 overall.max_abs,
                 overall.max_rel,
                 overall.worst_ratio,

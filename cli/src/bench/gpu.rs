@@ -4,10 +4,11 @@
 use std::time::Instant;
 
 use fusedopt::{
-    BufferRange, Gpu, GpuCopy, GpuOptimizer, ModelLayout, ModelOptimizer, Optimizer, Precision,
+    BufferRange, Gpu, GpuCopy, GpuOptimizer, ModelLayout, ModelOptimizer, Optimizer, Piece,
+    Precision,
 };
 
-use super::{Clock, Sampling, Summary, pattern};
+use super::{Case, Clock, Sampling, Summary, pattern};
 use crate::{Error, Result};
 
 /// Steps timed per submission (and pairs of timestamps per query set).
@@ -170,41 +171,48 @@ pub struct GpuSteps {
 impl GpuSteps {
     /// Uploads `sets` sets of `size` parameters and gradients and creates their optimizers.
     pub fn new(gpu: &Gpu, config: &Optimizer, size: usize, sets: usize) -> Result<Self> {
-        Self::new_in(gpu, config, Precision::F32, size, sets)
+        let case = Case {
+            optimizer: config.name(),
+            variant: "default",
+            config: config.clone(),
+            precision: Precision::F32,
+            guard: None,
+        };
+        Self::new_in(gpu, &case, size, sets)
     }
 
-    /// [`Self::new`] with the tensors stored in `precision`.
-    pub fn new_in(
-        gpu: &Gpu,
-        config: &Optimizer,
-        precision: Precision,
-        size: usize,
-        sets: usize,
-    ) -> Result<Self> {
-        let Some(format) = precision.half_format() else {
-            return Self::build(gpu, size, sets, |p, g| {
-                Ok(GpuOptimizer::new(gpu, config.clone(), p, g).map(Stepper::Flat)?)
-            });
+    /// [`Self::new`] for `case`: its configuration, with the tensors stored in its precision
+    /// and its guard run before each step.
+    pub fn new_in(gpu: &Gpu, case: &Case, size: usize, sets: usize) -> Result<Self> {
+        let format = case.precision.half_format();
+        let store = |label: &str, values: Vec<f32>| match format {
+            Some(format) => {
+                let bits: Vec<u16> = values.into_iter().map(|x| format.round(x)).collect();
+                gpu.upload_half(label, &bits)
+            }
+            None => gpu.upload(label, &values),
         };
-        let round = |values: Vec<f32>| {
-            values
-                .into_iter()
-                .map(|x| format.round(x))
-                .collect::<Vec<u16>>()
-        };
-        let params = round(pattern(size, 1));
-        let grads = round(pattern(size, 2).into_iter().map(|g| 0.1 * g).collect());
+        fn range(buffer: &wgpu::Buffer, half: bool, size: usize) -> BufferRange<'_> {
+            match half {
+                true => BufferRange::half(buffer, size),
+                false => BufferRange::whole(buffer),
+            }
+        }
+        let params = pattern(size, 1);
+        let grads: Vec<f32> = pattern(size, 2).into_iter().map(|g| 0.1 * g).collect();
         let sets = (0..sets.max(1))
             .map(|_| {
-                let p = gpu.upload_half("bench/params", &params)?;
-                let g = gpu.upload_half("bench/grads", &grads)?;
-                let opt = GpuOptimizer::with_precision(
-                    gpu,
-                    config.clone(),
-                    precision,
-                    BufferRange::half(&p, size),
-                    BufferRange::half(&g, size),
-                )?;
+                let p = store("bench/params", params.clone())?;
+                let g = store("bench/grads", grads.clone())?;
+                let pieces = [Piece {
+                    params: range(&p, format.is_some(), size),
+                    grads: range(&g, format.is_some(), size),
+                }];
+                let (config, precision) = (case.config.clone(), case.precision);
+                let opt = match case.guard {
+                    Some(guard) => GpuOptimizer::with_guard(gpu, config, precision, &pieces, guard),
+                    None => GpuOptimizer::with_pieces_in(gpu, config, precision, &pieces),
+                }?;
                 Ok((Stepper::Flat(opt), p, g))
             })
             .collect::<Result<_>>()?;

@@ -20,7 +20,7 @@ use fusedopt::ModelLayout;
 use fusedopt::kernels::LaunchShape;
 use fusedopt::model::decay_group;
 use fusedopt::testing::transformer_near;
-use fusedopt::{Adam, Gpu, Optimizer, Precision};
+use fusedopt::{Adam, Gpu, Guard, LossScaler, Optimizer, Precision};
 
 pub use cpu::{CpuSteps, cpu_copy_bandwidth};
 pub use gpu::{GpuSteps, GpuTimer, gpu_copy_bandwidth};
@@ -79,13 +79,45 @@ pub struct Case {
     pub config: Optimizer,
     /// How its tensors are stored.
     pub precision: Precision,
+    /// The loss scaler and clip run before each step, for the guarded rows.
+    pub guard: Option<Guard>,
+}
+
+/// The guard of the guarded rows: PyTorch's GradScaler defaults and a clip to norm 1. The
+/// benchmark's gradients never overflow, so every step runs whole.
+pub fn bench_guard() -> Guard {
+    Guard {
+        scaler: Some(LossScaler::default()),
+        max_norm: Some(1.0),
+    }
+}
+
+/// `cases`, each followed by itself under [`bench_guard`].
+pub fn with_guarded(cases: Vec<Case>) -> Vec<Case> {
+    cases
+        .into_iter()
+        .flat_map(|case| {
+            let guarded = Case {
+                guard: Some(bench_guard()),
+                ..case.clone()
+            };
+            [case, guarded]
+        })
+        .collect()
 }
 
 impl Case {
     /// Bytes one step reads and writes per parameter in the case's precision.
     pub fn bytes_per_element(&self) -> usize {
         let state = self.config.state_names().len();
-        self.precision.bytes_per_element(state) as usize
+        let step = self.precision.bytes_per_element(state) as usize;
+        // The guard's pre-pass reads the gradient once more.
+        let prepass = if self.guard.is_some() {
+            self.precision.param_bytes() as usize
+        } else {
+            0
+        };
+        step + prepass
     }
 
     /// Bytes of parameters, gradients, state and master for `size` parameters.
@@ -102,10 +134,15 @@ impl Case {
         } else {
             format!("{}/{}", self.optimizer, self.variant)
         };
-        if self.precision == Precision::F32 {
+        let case = if self.precision == Precision::F32 {
             case
         } else {
             format!("{case} {}", self.precision)
+        };
+        if self.guard.is_some() {
+            format!("{case} guarded")
+        } else {
+            case
         }
     }
 }
@@ -148,12 +185,14 @@ fn f32_cases(names: &[String]) -> Result<Vec<Case>> {
             variant: "default",
             config: base,
             precision: Precision::F32,
+            guard: None,
         });
         out.extend(variants.into_iter().map(|(variant, config)| Case {
             optimizer,
             variant,
             config,
             precision: Precision::F32,
+            guard: None,
         }));
     }
     Ok(out)
@@ -273,6 +312,10 @@ pub struct Row {
     /// Storage precision (`f32`, `bf16`, `bf16-master`...; see `fusedopt::Precision`).
     #[serde(default = "f32_name")]
     pub precision: String,
+    /// Whether the step ran after the guard's pre-pass (loss scaler and norm clip; its
+    /// gradient read is in `bytes_per_element`).
+    #[serde(default)]
+    pub guarded: bool,
     /// Parameters per step.
     pub size: usize,
     /// Which implementation.
@@ -608,14 +651,14 @@ pub fn run(
                 ));
                 let measured = match (implementation, gpu, &timer) {
                     (Implementation::Gpu, Some(gpu), Some(timer)) => {
-                        GpuSteps::new_in(gpu, &case.config, case.precision, size, sets)
+                        GpuSteps::new_in(gpu, case, size, sets)
                             .and_then(|mut s| s.measure(gpu, timer, sampling))
                             .map(|summary| (summary, timer.clock(), gpu_name.clone()))
                     }
                     (Implementation::Gpu, ..) => unreachable!("checked in BenchOptions::check"),
                     // The CPU benchmarks time the f32 paths; the 16-bit precisions are
                     // measured on the GPU.
-                    (..) if case.precision != Precision::F32 => continue,
+                    (..) if case.precision != Precision::F32 || case.guard.is_some() => continue,
                     (cpu_impl, ..) => CpuSteps::new(&case.config, size, sets, cpu_impl)
                         .and_then(|mut s| s.measure(sampling))
                         .map(|summary| (summary, Clock::Wall, Some(cpu.clone()))),
@@ -632,7 +675,7 @@ pub fn run(
                 } else {
                     roofline.gpu_bytes_per_s.unwrap_or(f64::NAN)
                 };
-                rows.push(Row::new(
+                let mut row = Row::new(
                     case.optimizer,
                     case.variant,
                     case.precision,
@@ -644,7 +687,9 @@ pub fn run(
                     adapter.unwrap_or_default(),
                     clock,
                     sets,
-                ));
+                );
+                row.guarded = case.guard.is_some();
+                rows.push(row);
             }
         }
     }
@@ -804,6 +849,7 @@ impl Row {
             optimizer: optimizer.to_string(),
             variant: variant.to_string(),
             precision: precision.name().to_string(),
+            guarded: false,
             size,
             implementation,
             median_s: summary.median_s,

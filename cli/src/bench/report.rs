@@ -59,16 +59,27 @@ fn step_rows(report: &BenchReport) -> impl Iterator<Item = &Row> {
     report.rows.iter().filter(|r| r.optimizer != "copy")
 }
 
-fn label(row: &Row) -> String {
-    let case = if row.variant == "default" {
+/// `optimizer` or `optimizer/variant`.
+fn case_name(row: &Row) -> String {
+    if row.variant == "default" {
         row.optimizer.clone()
     } else {
         format!("{}/{}", row.optimizer, row.variant)
-    };
-    if row.precision == "f32" {
+    }
+}
+
+/// The case, then its precision where it is not f32 and `guarded` where it is, for charts.
+fn label(row: &Row) -> String {
+    let case = case_name(row);
+    let case = if row.precision == "f32" {
         case
     } else {
         format!("{case} {}", row.precision)
+    };
+    if row.guarded {
+        format!("{case} guarded")
+    } else {
+        case
     }
 }
 
@@ -80,6 +91,7 @@ fn median_of(report: &BenchReport, like: &Row, implementation: Implementation) -
                 && r.optimizer == like.optimizer
                 && r.variant == like.variant
                 && r.precision == like.precision
+                && r.guarded == like.guarded
                 && r.size == like.size
         })
         .map(|r| r.median_s)
@@ -133,8 +145,10 @@ pub fn table(report: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<26} {:>6} {:<13} {:>10} {:>10} {:>10} {:>9} {:>8} {:>6} {:>8} {:<9}",
+        "{:<22} {:<11} {:<7} {:>6} {:<13} {:>10} {:>10} {:>10} {:>9} {:>8} {:>6} {:>8} {:<9}",
         "optimizer",
+        "precision",
+        "guard",
         "size",
         "impl",
         "median",
@@ -148,7 +162,7 @@ pub fn table(report: &BenchReport) -> String {
     );
     for row in step_rows(report) {
         let [
-            label,
+            _,
             size,
             implementation,
             median,
@@ -162,8 +176,11 @@ pub fn table(report: &BenchReport) -> String {
         ] = cells(report, row);
         let _ = writeln!(
             out,
-            "{label:<26} {size:>6} {implementation:<13} {median:>10} {min:>10} {max:>10} \
-             {gelem:>9} {gbs:>8} {roof:>6} {speedup:>8} {clock:<9}"
+            "{:<22} {:<11} {:<7} {size:>6} {implementation:<13} {median:>10} {min:>10} \
+             {max:>10} {gelem:>9} {gbs:>8} {roof:>6} {speedup:>8} {clock:<9}",
+            case_name(row),
+            row.precision,
+            if row.guarded { "yes" } else { "-" },
         );
     }
     for line in layout_comparisons(report)
