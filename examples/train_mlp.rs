@@ -9,15 +9,28 @@
 //! backward pass and the optimizer step into one encoder and submits once; the parameters are
 //! never copied.
 //!
+//! With `--precision bf16` (or `f16`, `bf16-master`, `f16-master`, `bf16-sr`) the parameters
+//! and gradients fusedopt steps are 16-bit, as in a mixed-precision pipeline: a pass widens the
+//! parameters into the f32 copy the forward pass reads, and the backward pass's gradients are
+//! multiplied by the loss scale (read on the device from fusedopt's guard) and rounded to
+//! 16-bit. fusedopt's guard unscales them, skips the steps that overflow, adjusts the scale
+//! and, with `--clip X`, clips the global norm, all without a round trip to the host.
+//! (`f16` keeps Adam's state in f16 too, as PyTorch's fused kernels do on f16 parameters: the
+//! second moment of gradients this small underflows f16 and the run diverges; `f16-master`
+//! is how f16 is trained.)
+//!
 //! ```sh
 //! cargo run --release --example train_mlp
+//! cargo run --release --example train_mlp -- --precision bf16-master --clip 1.0
 //! ```
 
 use std::error::Error;
 use std::num::NonZeroU64;
 
 use fusedopt::model::decay_group;
-use fusedopt::{Adam, BufferRange, Gpu, ModelLayout, ModelOptimizer, TensorSpec};
+use fusedopt::{
+    Adam, BufferRange, Gpu, Guard, LossScaler, ModelLayout, ModelOptimizer, Precision, TensorSpec,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -46,7 +59,8 @@ struct Dims {
 }
 
 /// The training pipeline's own device and queue: the best adapter of the backends
-/// `WGPU_BACKEND` allows (real GPUs before software ones), with wgpu's default limits.
+/// `WGPU_BACKEND` allows (real GPUs before software ones), with wgpu's default limits but for
+/// the ten storage buffers its passes bind (every desktop adapter has them).
 fn own_device() -> Result<(wgpu::Device, wgpu::Queue), Box<dyn Error>> {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -56,12 +70,34 @@ fn own_device() -> Result<(wgpu::Device, wgpu::Queue), Box<dyn Error>> {
     }))?;
     let descriptor = wgpu::DeviceDescriptor {
         label: Some("mlp"),
+        required_limits: wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 10,
+            ..Default::default()
+        },
         ..Default::default()
     };
     Ok(pollster::block_on(adapter.request_device(&descriptor))?)
 }
 
+/// The command line: `--precision P` and `--clip X`.
+fn options() -> Result<(Precision, Option<f64>), Box<dyn Error>> {
+    let mut precision = Precision::F32;
+    let mut clip = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--precision" => precision = value()?.parse()?,
+            "--clip" => clip = Some(value()?.parse()?),
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    Ok((precision, clip))
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
+    let (precision, clip) = options()?;
+    let half = precision.half_format();
     let (device, queue) = own_device()?;
     // fusedopt works on the pipeline's device; it creates no device of its own.
     let gpu = Gpu::from_device(device.clone(), queue.clone());
@@ -78,12 +114,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         TensorSpec::new("w2", &[1, HIDDEN as usize]),
         TensorSpec::new("b2", &[1]),
     ];
-    let layout = ModelLayout::new(
-        &tensors,
-        2,
-        decay_group,
-        ModelLayout::device_alignment(&gpu),
-    )?;
+    // 16-bit groups start at the same byte alignment, twice as many elements apart.
+    let align = ModelLayout::device_alignment(&gpu) * if half.is_some() { 2 } else { 1 };
+    let layout = ModelLayout::new(&tensors, 2, decay_group, align)?;
     let offset = |name: &str| layout.segment(name).map(|s| s.offset as u32).unwrap_or(0);
     let dims = Dims {
         batch: BATCH,
@@ -120,9 +153,21 @@ fn main() -> Result<(), Box<dyn Error>> {
         .collect();
     let t: Vec<f32> = x.chunks(INPUTS as usize).map(teacher).collect();
 
-    // The caller's buffers: fusedopt steps `params` in place, reading `grads`.
+    // The caller's buffers: fusedopt steps `params` in place, reading `grads`; in a 16-bit
+    // precision those are `params16` and `grads16`, and `params` and `grads` the f32 copies the
+    // forward and backward passes use.
     let params = gpu.upload("mlp/params", &flat)?;
     let grads = gpu.zeros("mlp/grads", layout.len())?;
+    let (params16, grads16) = match half {
+        Some(format) => {
+            let bits: Vec<u16> = flat.iter().map(|&x| format.round(x)).collect();
+            (
+                gpu.upload_half("mlp/params16", &bits)?,
+                gpu.zeros("mlp/grads16", layout.len() / 2)?,
+            )
+        }
+        None => (gpu.zeros("mlp/unused", 1)?, gpu.zeros("mlp/unused", 1)?),
+    };
     let x_buf = gpu.upload("mlp/x", &x)?;
     let t_buf = gpu.upload("mlp/target", &t)?;
     let h_buf = gpu.zeros("mlp/hidden", (BATCH * HIDDEN) as usize)?;
@@ -136,10 +181,59 @@ fn main() -> Result<(), Box<dyn Error>> {
     });
     queue.write_buffer(&dims_buf, 0, bytemuck::bytes_of(&dims));
 
-    // The example's own pipelines, with an explicit layout.
+    // fusedopt steps the caller's buffers in place: AdamW, no decay on biases; in 16-bit, a
+    // loss scaler (and the clip asked for) guards each step.
+    let configs = [
+        Adam {
+            lr: 1e-2,
+            weight_decay: 1e-4,
+            ..Adam::adamw()
+        }
+        .into(),
+        Adam {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..Adam::adamw()
+        }
+        .into(),
+    ];
+    let guard = Guard {
+        scaler: half.map(|_| LossScaler::default()),
+        max_norm: clip,
+    };
+    let (stepped, stepped_grads) = match half {
+        Some(_) => (
+            BufferRange::half(&params16, layout.len()),
+            BufferRange::half(&grads16, layout.len()),
+        ),
+        None => (BufferRange::whole(&params), BufferRange::whole(&grads)),
+    };
+    let mut optimizer = ModelOptimizer::with_precision(
+        &gpu,
+        layout.clone(),
+        stepped,
+        stepped_grads,
+        &configs,
+        precision,
+        guard.is_active().then_some(guard),
+    )?;
+    // The scale the backward pass multiplies by, read on the device (1 without a scaler).
+    let one = gpu.upload("mlp/no scale", &[1.0])?;
+    let scale_buf = match optimizer.guard() {
+        Some(guard) if guard.config().scaler.is_some() => guard.scale_buffer(),
+        _ => &one,
+    };
+
+    // The example's own pipelines, with an explicit layout; its 16-bit conversions are
+    // fusedopt's (`half.wgsl`), exact and the same on every device.
+    let source = format!(
+        "{}\n{}",
+        fusedopt::kernels::HALF_WGSL,
+        include_str!("train_mlp.wgsl")
+    );
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("mlp"),
-        source: wgpu::ShaderSource::Wgsl(include_str!("train_mlp.wgsl").into()),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
     });
     let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
         binding,
@@ -162,13 +256,16 @@ fn main() -> Result<(), Box<dyn Error>> {
         count: None,
     }];
     entries.extend([
-        storage(1, true),
+        storage(1, false),
         storage(2, false),
         storage(3, true),
         storage(4, true),
         storage(5, false),
         storage(6, false),
         storage(7, false),
+        storage(8, true),
+        storage(9, false),
+        storage(10, true),
     ]);
     let bind_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("mlp"),
@@ -185,18 +282,33 @@ fn main() -> Result<(), Box<dyn Error>> {
             layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[(
+                    "BF16",
+                    f64::from(u8::from(half != Some(fusedopt::HalfFormat::F16))),
+                )],
+                ..Default::default()
+            },
             cache: None,
         })
     };
-    let passes = [
+    let len = layout.len() as u32;
+    let mut passes = Vec::new();
+    if half.is_some() {
+        passes.push((pipeline("widen_params"), len));
+    }
+    passes.extend([
         (pipeline("hidden"), BATCH * HIDDEN),
         (pipeline("output"), BATCH),
         (pipeline("grad_layer1"), HIDDEN * INPUTS),
         (pipeline("grad_layer2"), HIDDEN + 1),
-    ];
+    ]);
+    if half.is_some() {
+        passes.push((pipeline("narrow_grads"), len / 2));
+    }
     let buffers = [
-        &dims_buf, &params, &grads, &x_buf, &t_buf, &h_buf, &dy_buf, &loss_buf,
+        &dims_buf, &params, &grads, &x_buf, &t_buf, &h_buf, &dy_buf, &loss_buf, &params16,
+        &grads16, scale_buf,
     ];
     let bind_entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
         .iter()
@@ -211,29 +323,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         layout: &bind_layout,
         entries: &bind_entries,
     });
-
-    // fusedopt steps the caller's buffers in place: AdamW, no decay on biases.
-    let configs = [
-        Adam {
-            lr: 1e-2,
-            weight_decay: 1e-4,
-            ..Adam::adamw()
-        }
-        .into(),
-        Adam {
-            lr: 1e-2,
-            weight_decay: 0.0,
-            ..Adam::adamw()
-        }
-        .into(),
-    ];
-    let mut optimizer = ModelOptimizer::new(
-        &gpu,
-        layout,
-        BufferRange::whole(&params),
-        BufferRange::whole(&grads),
-        &configs,
-    )?;
 
     let mut first = None;
     let mut last = f32::NAN;
@@ -259,6 +348,18 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
     }
     let first = first.unwrap_or(f32::NAN);
+    if let Some(guard) = optimizer.guard() {
+        let report = guard.read(&gpu)?;
+        let taken = optimizer.groups_mut()[0].read_step_count(&gpu)?;
+        let recorded = ITERATIONS as u64 + 1;
+        println!(
+            "{precision}: {taken} of {recorded} steps taken ({} skipped on overflow), loss scale \
+             {}, last gradient norm {:.3e}",
+            recorded - taken,
+            report.scale,
+            report.norm
+        );
+    }
     println!(
         "loss {first:.3e} -> {last:.3e} ({:.0}x lower) in {ITERATIONS} steps, {} dispatches per step",
         first / last,

@@ -16,13 +16,55 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> params: array<f32>;
+@group(0) @binding(1) var<storage, read_write> params: array<f32>;
 @group(0) @binding(2) var<storage, read_write> grads: array<f32>;
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read> y_true: array<f32>;
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dy: array<f32>;
 @group(0) @binding(7) var<storage, read_write> loss: array<f32>;
+// In a 16-bit precision: the parameters and gradients fusedopt steps (two to a word, the first
+// in the low half), and the loss scale its guard keeps on the device (the first word).
+@group(0) @binding(8) var<storage, read> params16: array<u32>;
+@group(0) @binding(9) var<storage, read_write> grads16: array<u32>;
+@group(0) @binding(10) var<storage, read> scale: array<f32>;
+
+/// The 16-bit format is bf16 (f16 otherwise).
+override BF16: bool = true;
+
+/// The f32 copy of the 16-bit parameters the forward pass reads.
+@compute @workgroup_size(64)
+fn widen_params(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    if i >= arrayLength(&params) {
+        return;
+    }
+    let bits = (params16[i / 2u] >> (16u * (i % 2u))) & 0xffffu;
+    if BF16 {
+        params[i] = bf16_to_f32(bits);
+    } else {
+        params[i] = f16_to_f32(bits);
+    }
+}
+
+/// The gradient times the loss scale, rounded to the 16-bit format: one word (two elements)
+/// per invocation, so no two invocations write one word.
+@compute @workgroup_size(64)
+fn narrow_grads(@builtin(global_invocation_id) id: vec3<u32>) {
+    let w = id.x;
+    if w >= arrayLength(&grads16) {
+        return;
+    }
+    let s = scale[0];
+    grads16[w] = narrow(grads[2u * w] * s) | (narrow(grads[2u * w + 1u] * s) << 16u);
+}
+
+fn narrow(x: f32) -> u32 {
+    if BF16 {
+        return f32_to_bf16(x);
+    }
+    return f32_to_f16(x);
+}
 
 /// h[b, j] = relu(W1[j, :] . x[b, :] + b1[j])
 @compute @workgroup_size(64)

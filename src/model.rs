@@ -231,22 +231,27 @@ impl ModelOptimizer {
         grads: BufferRange<'a>,
         configs: &[Optimizer],
     ) -> Result<Self> {
-        Self::build(gpu, layout, params, grads, configs, None)
+        Self::build(gpu, layout, params, grads, configs, Precision::F32, None)
     }
 
-    /// [`Self::new`] with one guard over the whole gradient, every group and chunk (see
+    /// [`Self::new`] with the tensors stored in `precision` (the same for every group) and,
+    /// optionally, one guard over the whole gradient, every group and chunk (see
     /// [`GpuOptimizer::with_guard`]): one pre-pass unscales, tests for overflow and takes the
-    /// global norm, then every group steps or every group skips. The padding between tensors
-    /// must hold finite gradients (zeros), as a zeroed buffer does.
-    pub fn with_guard<'a>(
+    /// global norm, then every group steps or every group skips. In a 16-bit precision
+    /// `params` and `grads` count 16-bit elements ([`BufferRange::half`]) and each group must
+    /// start at a storage offset alignment (lay the model out with twice the f32 alignment).
+    /// Under a guard the padding between tensors must hold finite gradients (zeros), as a
+    /// zeroed buffer does.
+    pub fn with_precision<'a>(
         gpu: &Gpu,
         layout: ModelLayout,
         params: BufferRange<'a>,
         grads: BufferRange<'a>,
         configs: &[Optimizer],
-        guard: Guard,
+        precision: Precision,
+        guard: Option<Guard>,
     ) -> Result<Self> {
-        Self::build(gpu, layout, params, grads, configs, Some(guard))
+        Self::build(gpu, layout, params, grads, configs, precision, guard)
     }
 
     fn build<'a>(
@@ -255,6 +260,7 @@ impl ModelOptimizer {
         params: BufferRange<'a>,
         grads: BufferRange<'a>,
         configs: &[Optimizer],
+        precision: Precision,
         guard: Option<Guard>,
     ) -> Result<Self> {
         if configs.len() != layout.groups.len() {
@@ -291,9 +297,9 @@ impl ModelOptimizer {
                         grads: sub(&grads, 0, layout.len),
                     }],
                     ("params", "grads"),
-                    4,
+                    precision.param_bytes(),
                 )?;
-                let whole = (sub(&grads, 0, layout.len), None);
+                let whole = (sub(&grads, 0, layout.len), precision.half_format());
                 Some(GradGuard::new(gpu, guard, &[whole])?)
             }
             None => None,
@@ -314,7 +320,7 @@ impl ModelOptimizer {
                 groups.push(GpuOptimizer::build(
                     gpu,
                     config.clone(),
-                    Precision::F32,
+                    precision,
                     &[piece],
                     source,
                 )?);

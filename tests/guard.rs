@@ -120,13 +120,14 @@ fn a_model_steps_every_group_or_skips_every_group() {
     let start = pad(&problem.params);
     let params = gpu.upload("model/params", &start).unwrap();
     let grads = gpu.zeros("model/grads", layout.len()).unwrap();
-    let mut model = ModelOptimizer::with_guard(
+    let mut model = ModelOptimizer::with_precision(
         gpu,
         layout.clone(),
         BufferRange::whole(&params),
         BufferRange::whole(&grads),
         &configs,
-        guard,
+        Precision::F32,
+        Some(guard),
     )
     .unwrap();
     let mut cpu_guard = CpuGuard::new(guard).unwrap();
@@ -207,6 +208,77 @@ fn bad_guard_settings_are_typed_errors() {
         assert!(
             matches!(made, Err(fusedopt::Error::InvalidHyperparameter { .. })),
             "{guard:?}"
+        );
+    }
+}
+
+#[test]
+fn a_model_in_bf16_with_a_master_matches_the_cpu_group_by_group() {
+    let Some(gpu) = common::gpu() else { return };
+    let format = fusedopt::HalfFormat::Bf16;
+    let precision = Precision::Master(format);
+    let tensors = [TensorSpec::new("w", &[40, 30]), TensorSpec::new("b", &[30])];
+    // 16-bit groups start at the storage offset alignment: twice the f32 alignment.
+    let align = 2 * ModelLayout::device_alignment(gpu);
+    let layout = ModelLayout::new(&tensors, 2, fusedopt::model::decay_group, align).unwrap();
+    let configs = [
+        Optimizer::from_torch("adamw", &serde_json::json!({"weight_decay": 0.1})).unwrap(),
+        Optimizer::from_torch("sgd", &serde_json::json!({"lr": 0.1, "momentum": 0.9})).unwrap(),
+    ];
+    let guard = validation_guard();
+    let mut problem = RandomProblem::new(layout.len(), 5);
+    let round = |values: &[f32]| -> Vec<u16> { values.iter().map(|&x| format.round(x)).collect() };
+    let mut cpu_params = round(&problem.params);
+    let params = gpu.upload_half("model16/params", &cpu_params).unwrap();
+    let grads = gpu
+        .upload_half("model16/grads", &vec![0; layout.len()])
+        .unwrap();
+    let mut model = ModelOptimizer::with_precision(
+        gpu,
+        layout.clone(),
+        BufferRange::half(&params, layout.len()),
+        BufferRange::half(&grads, layout.len()),
+        &configs,
+        precision,
+        Some(guard),
+    )
+    .unwrap();
+    let mut cpu_guard = CpuGuard::new(guard).unwrap();
+    let mut cpu: Vec<(CpuOptimizer, std::ops::Range<usize>)> = layout
+        .group_ranges()
+        .iter()
+        .zip(&configs)
+        .map(|(&(s, n), c)| {
+            let opt = CpuOptimizer::with_precision(c.clone(), precision, n).unwrap();
+            (opt, s..s + n)
+        })
+        .collect();
+    for t in 1..=6u64 {
+        let scale = cpu_guard.state().scale;
+        let mut g: Vec<f32> = problem.next_grad().iter().map(|g| g * scale).collect();
+        if t == 3 {
+            g[7] = f32::INFINITY;
+        }
+        let bits = round(&g);
+        gpu.write_half(&grads, 0, &bits).unwrap();
+        model.step(gpu).unwrap();
+        let widened: Vec<f32> = bits.iter().map(|&b| format.widen(b)).collect();
+        let outcome = cpu_guard.prepare(&[&widened]);
+        for (opt, range) in &mut cpu {
+            let lr = opt.config().lr();
+            opt.step_half_guarded(
+                &mut cpu_params[range.clone()],
+                &bits[range.clone()],
+                lr,
+                &outcome,
+            )
+            .unwrap();
+        }
+        let got = gpu.download_half(&params, 0, layout.len()).unwrap();
+        assert_eq!(got, cpu_params, "step {t}");
+        assert_eq!(
+            model.guard().unwrap().read(gpu).unwrap().last_skipped,
+            t == 3
         );
     }
 }

@@ -206,6 +206,14 @@ impl GradGuard {
         pass.dispatch_workgroups(1, 1, 1);
     }
 
+    /// The device buffer whose first four bytes hold the f32 scale the next gradients must
+    /// carry: a backward pass binds it (read-only storage) and multiplies by it, so that the
+    /// scale never goes through the host (`GradScaler.scale(loss)`). fusedopt writes it in its
+    /// own passes only.
+    pub fn scale_buffer(&self) -> &wgpu::Buffer {
+        &self.inner.state
+    }
+
     /// The buffer of the device's state, which each guarded optimizer's `choose` reads.
     pub(crate) fn state_buffer(&self) -> &wgpu::Buffer {
         &self.inner.state
