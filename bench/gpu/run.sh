@@ -141,15 +141,16 @@ if [ -f "$out/fusedopt-bench/results.json" ]; then
 fi
 tail -5 "$out/bench.txt"
 
-# Every storage precision of Adam and SGD at 2^28 (2^20 quick), in a report of its own (the
-# f32 results.json above stays what the PyTorch side-by-side reads).
+# Every storage precision of Adam and SGD at 2^28 (2^20 quick), each also guarded (loss scaler
+# and norm clip before the step), in a report of its own (the f32 results.json above stays
+# what the PyTorch side-by-side reads).
 precision_flags=()
 for p in f32 bf16 f16 bf16-master f16-master bf16-sr; do precision_flags+=(--precision "$p"); done
 last_size=2^28
 [ $quick = 1 ] && last_size=2^20
-log "$bin" bench --implementation gpu --optimizer adam --optimizer sgd "${precision_flags[@]}" \
+log "$bin" bench --implementation gpu --optimizer adam --optimizer sgd "${precision_flags[@]}" --guard \
     --size "$last_size" "${launch[@]}" --out "$out/fusedopt-bench-precision"
-"$bin" bench --implementation gpu --optimizer adam --optimizer sgd "${precision_flags[@]}" \
+"$bin" bench --implementation gpu --optimizer adam --optimizer sgd "${precision_flags[@]}" --guard \
     --size "$last_size" "${launch[@]}" --out "$out/fusedopt-bench-precision" \
     > "$out/bench-precision.txt" 2>&1 || status=1
 tail -3 "$out/bench-precision.txt"

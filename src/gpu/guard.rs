@@ -37,7 +37,7 @@ pub struct GuardReport {
 }
 
 /// The loss scaler and norm clip of one model's step, on the device. Made by the optimizer it
-/// guards ([`crate::GpuOptimizer::with_guard`], [`crate::ModelOptimizer::with_guard`]), which
+/// guards ([`crate::GpuOptimizer::with_guard`], [`crate::ModelOptimizer::with_precision`]), which
 /// runs it before every step; cloning shares it.
 #[derive(Clone, Debug)]
 pub struct GradGuard {
