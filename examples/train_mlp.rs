@@ -350,7 +350,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let first = first.unwrap_or(f32::NAN);
     if let Some(guard) = optimizer.guard() {
         let report = guard.read(&gpu)?;
-        let taken = optimizer.groups_mut()[0].read_step_count(&gpu)?;
+        let taken = optimizer.read_step_counts(&gpu)?[0];
         let recorded = ITERATIONS as u64 + 1;
         println!(
             "{precision}: {taken} of {recorded} steps taken ({} skipped on overflow), loss scale \

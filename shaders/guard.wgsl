@@ -177,7 +177,8 @@ fn finish(@builtin(local_invocation_index) lane: u32) {
     let norm = sqrt(sums[0]);
     var clip = 1.0;
     if settings.clipping != 0u {
-        let coef = settings.max_norm / (norm + 1e-6);
+        // PyTorch's float over tensor: the reciprocal, then the product.
+        let coef = (1.0 / (norm + 1e-6)) * settings.max_norm;
         // NaN stays NaN, as torch.clamp(max=1) keeps it.
         clip = select(coef, 1.0, coef > 1.0);
     }

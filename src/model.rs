@@ -344,10 +344,13 @@ impl ModelOptimizer {
         &self.groups
     }
 
-    /// The optimizer of each non-empty group, to read its device step count
-    /// ([`GpuOptimizer::read_step_count`]).
-    pub fn groups_mut(&mut self) -> &mut [GpuOptimizer] {
-        &mut self.groups
+    /// The steps each non-empty group has taken ([`GpuOptimizer::read_step_count`]: read
+    /// from the device under a guard, where skipped steps are not counted).
+    pub fn read_step_counts(&mut self, gpu: &Gpu) -> Result<Vec<u64>> {
+        self.groups
+            .iter_mut()
+            .map(|group| group.read_step_count(gpu))
+            .collect()
     }
 
     /// The guard run before each step, if the model was made with one.

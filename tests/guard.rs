@@ -171,9 +171,11 @@ fn a_model_steps_every_group_or_skips_every_group() {
         assert_eq!(report.scale, cpu_guard.state().scale, "step {t}");
         assert_eq!(report.norm.to_bits(), outcome.norm.to_bits(), "step {t}");
     }
-    for group in model.groups_mut() {
-        assert_eq!(group.read_step_count(gpu).unwrap(), 11, "one step skipped");
-    }
+    assert_eq!(
+        model.read_step_counts(gpu).unwrap(),
+        [11, 11],
+        "one step skipped in every group"
+    );
 }
 
 #[test]
@@ -281,4 +283,130 @@ fn a_model_in_bf16_with_a_master_matches_the_cpu_group_by_group() {
             t == 3
         );
     }
+}
+
+#[test]
+fn a_restored_step_count_and_scale_continue_like_the_cpu() {
+    let Some(gpu) = common::gpu() else { return };
+    let n = 5_000;
+    let guard = validation_guard();
+    let config = Optimizer::from_torch("adam", &serde_json::json!({"lr": 0.01})).unwrap();
+    let mut problem = RandomProblem::new(n, 21);
+    let mut cpu_params = problem.params.clone();
+    let params = gpu.upload("restore/params", &cpu_params).unwrap();
+    let grads = gpu.zeros("restore/grads", n).unwrap();
+    let piece = fusedopt::Piece {
+        params: BufferRange::whole(&params),
+        grads: BufferRange::whole(&grads),
+    };
+    let mut opt =
+        fusedopt::GpuOptimizer::with_guard(gpu, config.clone(), Precision::F32, &[piece], guard)
+            .unwrap();
+    let mut cpu = CpuOptimizer::new(config, n).unwrap();
+    let mut cpu_guard = CpuGuard::new(guard).unwrap();
+    // As a run resumed at step 40 with the scale at 8 and one clean step behind it.
+    let scaler = fusedopt::optim::ScalerState {
+        scale: 8.0,
+        growth_tracker: 1,
+    };
+    opt.restore_step_count(gpu, 40).unwrap();
+    opt.guard().unwrap().restore(gpu, scaler).unwrap();
+    cpu.set_step_count(40);
+    cpu_guard.restore(scaler).unwrap();
+    for t in 0..4 {
+        let scale = cpu_guard.state().scale;
+        let mut g: Vec<f32> = problem.next_grad().iter().map(|g| g * scale).collect();
+        if t == 1 {
+            g[0] = f32::NAN;
+        }
+        gpu.write(&grads, 0, &g).unwrap();
+        opt.step(gpu).unwrap();
+        let outcome = cpu_guard.prepare(&[&g]);
+        cpu.step_guarded(
+            ArrayViewMut1::from(&mut cpu_params[..]),
+            ArrayView1::from(&g[..]),
+            0.01,
+            &outcome,
+        )
+        .unwrap();
+        assert_eq!(opt.read_params(gpu).unwrap(), cpu_params, "step {t}");
+        assert_eq!(
+            opt.guard().unwrap().read(gpu).unwrap().scale,
+            cpu_guard.state().scale
+        );
+    }
+    assert_eq!(opt.read_step_count(gpu).unwrap(), 43, "40 + 4, one skipped");
+    assert_eq!(cpu.step_count(), 43);
+    let bad = fusedopt::optim::ScalerState {
+        scale: f32::INFINITY,
+        growth_tracker: 0,
+    };
+    assert!(opt.guard().unwrap().restore(gpu, bad).is_err());
+    assert!(opt.restore_step_count(gpu, 1 << 40).is_err());
+    assert_eq!(
+        opt.read_step_count(gpu).unwrap(),
+        43,
+        "a failed restore changes nothing"
+    );
+}
+
+#[test]
+fn steps_taken_back_after_a_refused_submission_and_too_many_unsubmitted_steps() {
+    let Some(gpu) = common::gpu() else { return };
+    let n = 3_000;
+    let guard = validation_guard();
+    let config = Optimizer::from_torch("adamw", &serde_json::json!({})).unwrap();
+    let mut problem = RandomProblem::new(n, 4);
+    let mut cpu_params = problem.params.clone();
+    let params = gpu.upload("refused/params", &cpu_params).unwrap();
+    let grads = gpu.zeros("refused/grads", n).unwrap();
+    let piece = fusedopt::Piece {
+        params: BufferRange::whole(&params),
+        grads: BufferRange::whole(&grads),
+    };
+    let mut opt =
+        fusedopt::GpuOptimizer::with_guard(gpu, config.clone(), Precision::F32, &[piece], guard)
+            .unwrap();
+    // Two steps recorded into an encoder that is never submitted, then taken back.
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    opt.record_step(gpu, &mut encoder).unwrap();
+    opt.record_step(gpu, &mut encoder).unwrap();
+    drop(encoder);
+    opt.set_step_count(0);
+    let mut cpu = CpuOptimizer::new(config, n).unwrap();
+    let mut cpu_guard = CpuGuard::new(guard).unwrap();
+    for _ in 0..3 {
+        let scale = cpu_guard.state().scale;
+        let g: Vec<f32> = problem.next_grad().iter().map(|g| g * scale).collect();
+        gpu.write(&grads, 0, &g).unwrap();
+        opt.step(gpu).unwrap();
+        let outcome = cpu_guard.prepare(&[&g]);
+        let lr = cpu.config().lr();
+        cpu.step_guarded(
+            ArrayViewMut1::from(&mut cpu_params[..]),
+            ArrayView1::from(&g[..]),
+            lr,
+            &outcome,
+        )
+        .unwrap();
+    }
+    assert_eq!(opt.read_params(gpu).unwrap(), cpu_params);
+    assert_eq!(opt.read_step_count(gpu).unwrap(), 3);
+    // One encoder holds at most MAX_UNCONFIRMED_STEPS guarded steps before a submission.
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    for _ in 0..fusedopt::gpu::MAX_UNCONFIRMED_STEPS {
+        opt.record_step(gpu, &mut encoder).unwrap();
+    }
+    let before = opt.step_count();
+    assert!(matches!(
+        opt.record_step(gpu, &mut encoder),
+        Err(fusedopt::Error::InvalidSetting { .. })
+    ));
+    assert_eq!(opt.step_count(), before, "the refused step is not counted");
+    gpu.submit_and_wait("the recorded steps", encoder).unwrap();
+    opt.record_step(
+        gpu,
+        &mut gpu.device().create_command_encoder(&Default::default()),
+    )
+    .unwrap();
 }

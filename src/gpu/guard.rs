@@ -12,7 +12,7 @@ use crate::kernels::{
     Chunked, GUARD_GRADS_BINDING, GUARD_PARTIALS_BINDING, GUARD_RANGE_BINDING,
     GUARD_SETTINGS_BINDING, GUARD_STATE_BINDING, Grid, GuardStage, Kernel, LaunchShape, elements,
 };
-use crate::optim::{GUARD_BLOCK, Guard, HalfFormat, initial_scaler_state};
+use crate::optim::{GUARD_BLOCK, Guard, HalfFormat, ScalerState, initial_scaler_state};
 
 /// Words of the device's `GuardState` (`shaders/guard.wgsl`).
 const STATE_WORDS: usize = 12;
@@ -72,7 +72,9 @@ impl GradGuard {
         let state = gpu.buffer_with(
             "fusedopt/guard state",
             bytemuck::cast_slice(&state),
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
         )?;
         let blocks: u64 = ranges
             .iter()
@@ -109,8 +111,10 @@ impl GradGuard {
             let kernel = gpu.guard_kernel(GuardStage::Check, *format)?;
             let per_word = if format.is_some() { 2 } else { 1 };
             let block_words = GUARD_BLOCK as u64 / per_word;
-            // Chunks of whole blocks, never split: at least one block, at most the binding.
-            let chunk_words = (grid.chunk_elements / block_words).max(1) * block_words;
+            // Chunks of whole blocks, never split: at least one block, at most the binding,
+            // and at most 2^31 elements so that the kernel's `u32` counts never wrap.
+            let most_words = grid.chunk_elements.min((1 << 31) / per_word);
+            let chunk_words = (most_words / block_words).max(1) * block_words;
             let len = range.len as u64;
             let words = len.div_ceil(per_word);
             let word_offset = range.offset / per_word;
@@ -219,14 +223,37 @@ impl GradGuard {
         &self.inner.state
     }
 
-    /// Reads the scaler's state and the last step's outcome back (waits for the GPU).
-    pub fn read(&self, gpu: &Gpu) -> Result<GuardReport> {
-        if gpu.device() != &self.inner.device {
-            return Err(Error::InvalidSetting {
-                what: "device context".into(),
-                message: "the guard was made on another device than this context's".into(),
+    /// Sets the scaler's scale and count of clean steps, as `GradScaler.load_state_dict` does
+    /// when a run resumes; ordered after the work submitted before and before the next
+    /// submission. An error for a scale that is not a positive finite number, changing
+    /// nothing.
+    pub fn restore(&self, gpu: &Gpu, state: ScalerState) -> Result<()> {
+        self.check_device(gpu)?;
+        if !(state.scale.is_finite() && state.scale > 0.0) {
+            return Err(Error::InvalidHyperparameter {
+                optimizer: "guard",
+                name: "scale",
+                value: f64::from(state.scale),
+                requirement: "must be a positive finite f32",
             });
         }
+        let words = [state.scale, f32::from_bits(state.growth_tracker)];
+        gpu.write(&self.inner.state, 0, &words)
+    }
+
+    fn check_device(&self, gpu: &Gpu) -> Result<()> {
+        if gpu.device() == &self.inner.device {
+            return Ok(());
+        }
+        Err(Error::InvalidSetting {
+            what: "device context".into(),
+            message: "the guard was made on another device than this context's".into(),
+        })
+    }
+
+    /// Reads the scaler's state and the last step's outcome back (waits for the GPU).
+    pub fn read(&self, gpu: &Gpu) -> Result<GuardReport> {
+        self.check_device(gpu)?;
         let words: Vec<u32> = gpu
             .download(&self.inner.state, 0, STATE_WORDS)?
             .into_iter()

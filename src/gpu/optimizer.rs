@@ -72,6 +72,8 @@ struct Guarded {
     candidates: wgpu::Buffer,
     /// Steps run and steps counted on the device when the host last read them.
     confirmed: (u64, u64),
+    /// Guarded steps recorded, on the same origin as `confirmed.0`.
+    recorded: u64,
 }
 
 /// Which guard an optimizer gets.
@@ -406,9 +408,35 @@ impl GpuOptimizer {
 
     /// Sets the step count: the next step is `step + 1`, with that step's bias corrections
     /// and schedule terms. For a caller whose own submission of recorded steps was refused
-    /// (the steps did not run), or that restores an optimizer's state.
+    /// (the steps did not run), or that restores an optimizer's state. Under a guard the
+    /// device keeps the count: this only takes back steps recorded that never ran, and
+    /// [`Self::restore_step_count`] restores one.
     pub fn set_step_count(&mut self, step: u64) {
+        if let Some(guarded) = &mut self.guarded {
+            let back = self.step.saturating_sub(step);
+            let forward = step.saturating_sub(self.step);
+            guarded.recorded = guarded.recorded.saturating_sub(back) + forward;
+        }
         self.step = step;
+    }
+
+    /// Restores the count of steps taken (PyTorch's `state['step']`, from a checkpoint): the
+    /// next step is `step + 1`. Under a guard it is written to the device, ordered after the
+    /// work submitted before; steps recorded and not yet submitted must not be pending. An
+    /// error, changing nothing, for a count past the device's `u32`.
+    pub fn restore_step_count(&mut self, gpu: &Gpu, step: u64) -> Result<()> {
+        self.check_device(gpu)?;
+        if let Some(guarded) = &mut self.guarded {
+            let count = u32::try_from(step).map_err(|_| Error::InvalidSetting {
+                what: "step count".into(),
+                message: format!("{step} steps: a guarded optimizer counts at most 2^32 - 1"),
+            })?;
+            gpu.write(&guarded.counter, 0, &[f32::from_bits(count), 0.0, 0.0, 0.0])?;
+            guarded.confirmed = (0, step);
+            guarded.recorded = 0;
+        }
+        self.step = step;
+        Ok(())
     }
 
     /// Dispatches per step (one per chunk of the largest storage binding).
@@ -473,7 +501,7 @@ impl GpuOptimizer {
                 uniform_bytes(uniform.as_bytes(), key)
             }
             Some(guarded) => {
-                let (base, count) = guarded.window(gpu, self.step)?;
+                let (base, count) = guarded.window(gpu)?;
                 let words = self.config.kernel().uniform.size / 4;
                 let mut bytes = Vec::new();
                 let header = [base as u32, count as u32, words as u32, 0];
@@ -530,6 +558,9 @@ impl GpuOptimizer {
             self.dispatches.record(&mut pass);
         })?;
         self.step = staged.step;
+        if let Some(guarded) = &mut self.guarded {
+            guarded.recorded += 1;
+        }
         Ok(())
     }
 
@@ -751,6 +782,7 @@ impl Guarded {
             counter,
             candidates,
             confirmed: (0, 0),
+            recorded: 0,
         })
     }
 
@@ -775,10 +807,11 @@ impl Guarded {
         Ok(self.confirmed)
     }
 
-    /// The step counts the next step's scalars must cover, after `recorded` steps: from the
-    /// last count read back, one more per step recorded since (any of them may be skipped).
-    /// Reads the counts back when there would be more than [`MAX_UNCONFIRMED_STEPS`].
-    fn window(&mut self, gpu: &Gpu, recorded: u64) -> Result<(u64, u64)> {
+    /// The step counts the next step's scalars must cover: from the last count read back,
+    /// one more per step recorded since (any of them may be skipped). Reads the counts back
+    /// when there would be more than [`MAX_UNCONFIRMED_STEPS`].
+    fn window(&mut self, gpu: &Gpu) -> Result<(u64, u64)> {
+        let recorded = self.recorded;
         let pending = |confirmed: (u64, u64)| recorded.saturating_sub(confirmed.0) + 1;
         if pending(self.confirmed) > MAX_UNCONFIRMED_STEPS {
             self.confirm(gpu)?;

@@ -44,26 +44,30 @@ impl Default for LossScaler {
 }
 
 impl LossScaler {
-    /// PyTorch's checks, and a scale that stays a finite positive f32 (the device keeps it so).
+    /// PyTorch's checks, on the f32 values the device computes with (a factor that rounds to
+    /// 1 or 0 in f32 is refused).
     pub fn validate(&self) -> Result<()> {
-        let f32_finite = |x: f64| x.is_finite() && (x as f32).is_finite();
+        let as_f32 = |x: f64| x as f32;
+        let init = as_f32(self.init_scale);
         check(
             "init_scale",
             self.init_scale,
-            f32_finite(self.init_scale) && self.init_scale as f32 > 0.0,
+            init.is_finite() && init > 0.0,
             "must be a positive finite f32",
         )?;
+        let growth = as_f32(self.growth_factor);
         check(
             "growth_factor",
             self.growth_factor,
-            f32_finite(self.growth_factor) && self.growth_factor > 1.0,
-            "must be > 1",
+            growth.is_finite() && growth > 1.0,
+            "must be > 1 in f32",
         )?;
+        let backoff = as_f32(self.backoff_factor);
         check(
             "backoff_factor",
             self.backoff_factor,
-            self.backoff_factor > 0.0 && self.backoff_factor < 1.0,
-            "must be in (0, 1)",
+            backoff > 0.0 && backoff < 1.0,
+            "must be in (0, 1) in f32",
         )?;
         check(
             "growth_interval",
@@ -85,6 +89,13 @@ impl LossScaler {
             .ok_or_else(|| bad(format!("settings must be a JSON object, got {value}")))?;
         let mut scaler = Self::default();
         for (key, v) in map {
+            if key == "enabled" {
+                // GradScaler(enabled=False) scales nothing: no scaler at all, not this one.
+                if v.as_bool() == Some(true) {
+                    continue;
+                }
+                return Err(bad(format!("enabled must be true here, got {v}")));
+            }
             let number = v
                 .as_f64()
                 .ok_or_else(|| bad(format!("{key} must be a number, got {v}")))?;
@@ -100,7 +111,6 @@ impl LossScaler {
                             bad(format!("growth_interval must be an integer >= 1, got {v}"))
                         })?;
                 }
-                "enabled" if v.as_bool() == Some(true) => {}
                 other => return Err(bad(format!("unsupported setting {other}"))),
             }
         }
@@ -215,7 +225,9 @@ pub fn finish_guard(
     let norm = sum_of_squares.sqrt();
     let clip = match guard.max_norm {
         Some(max_norm) => {
-            let coef = max_norm as f32 / (norm + 1e-6);
+            // `max_norm / (norm + 1e-6)` as PyTorch evaluates a float over a tensor
+            // (`Tensor.__rtruediv__`): the reciprocal, then the product.
+            let coef = (1.0 / (norm + 1e-6)) * max_norm as f32;
             // NaN stays NaN, as torch.clamp(max=1) keeps it.
             if coef > 1.0 { 1.0 } else { coef }
         }
@@ -304,7 +316,7 @@ mod tests {
         let mut state = initial_scaler_state(&guard);
         let out = finish_guard(&guard, &mut state, false, 16.0);
         assert_eq!(out.norm, 4.0);
-        assert_eq!(out.clip, 1.0f32 / (4.0 + 1e-6));
+        assert_eq!(out.clip, 1.0f32 / (4.0 + 1e-6) * 1.0);
         assert_eq!(finish_guard(&guard, &mut state, false, 0.25).clip, 1.0);
         assert!(
             finish_guard(&guard, &mut state, true, f32::NAN)
@@ -351,5 +363,12 @@ mod tests {
         let read = LossScaler::from_json(&json).unwrap();
         assert_eq!((read.init_scale, read.growth_interval), (8.0, 4));
         assert!(LossScaler::from_json(&serde_json::json!({"hysteresis": 2})).is_err());
+        assert!(LossScaler::from_json(&serde_json::json!({"enabled": true})).is_ok());
+        assert!(LossScaler::from_json(&serde_json::json!({"enabled": false})).is_err());
+        let tiny = LossScaler {
+            backoff_factor: 1e-50,
+            ..LossScaler::default()
+        };
+        assert!(tiny.validate().is_err(), "rounds to 0 in f32");
     }
 }

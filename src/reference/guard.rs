@@ -1,6 +1,7 @@
 //! The guard of a step on the CPU: the pre-pass of `shaders/guard.wgsl` (overflow test, sum of
 //! squares in the same blocks and trees, the scaler's update) and the guarded step, so that
-//! the CPU reproduces the GPU's norm, skips and scale sequence bit for bit.
+//! the CPU reproduces the GPU's norm, skips and scale sequence bit for bit where the device's
+//! arithmetic is IEEE's (the software adapters; a GPU may fuse `acc + x * x`).
 
 use ndarray::{ArrayView1, ArrayViewMut1};
 
@@ -36,6 +37,21 @@ impl CpuGuard {
     /// The scale the next gradients carry and the count of clean steps.
     pub fn state(&self) -> ScalerState {
         self.state
+    }
+
+    /// Sets the scale and the count of clean steps (`GradScaler.load_state_dict`); an error
+    /// for a scale that is not a positive finite number, changing nothing.
+    pub fn restore(&mut self, state: ScalerState) -> Result<()> {
+        if !(state.scale.is_finite() && state.scale > 0.0) {
+            return Err(crate::Error::InvalidHyperparameter {
+                optimizer: "guard",
+                name: "scale",
+                value: f64::from(state.scale),
+                requirement: "must be a positive finite f32",
+            });
+        }
+        self.state = state;
+        Ok(())
     }
 
     /// The pre-pass over the gradients of every range (in f32, widened from 16-bit where
@@ -150,7 +166,7 @@ mod tests {
         let b = [0.0, 4.0];
         let out = guard.prepare(&[&a, &b]);
         assert_eq!(out.norm, 5.0);
-        assert_eq!(out.clip, 1.0 / (5.0 + 1e-6));
+        assert_eq!(out.clip, 1.0 / (5.0 + 1e-6) * 1.0);
         assert!(!out.skip);
     }
 

@@ -158,6 +158,11 @@ impl CpuOptimizer {
         self.step
     }
 
+    /// Sets the count of steps taken (restoring a run): the next step is `step + 1`.
+    pub fn set_step_count(&mut self, step: u64) {
+        self.step = step;
+    }
+
     /// The state tensors by PyTorch's state name, in binding order.
     pub fn state(&self) -> Vec<(&'static str, ArrayView1<'_, f32>)> {
         self.state
