@@ -167,6 +167,7 @@ fn precisions(c: &mut Criterion) {
     let guard = Guard {
         scaler: Some(LossScaler::default()),
         max_norm: Some(1.0),
+        caller_scale: false,
     };
     for name in ["adamw", "sgd"] {
         let config = match name {

@@ -200,6 +200,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let guard = Guard {
         scaler: half.map(|_| LossScaler::default()),
         max_norm: clip,
+        caller_scale: false,
     };
     let (stepped, stepped_grads) = match half {
         Some(_) => (

@@ -11,7 +11,8 @@
 // clip factor, skip, and the scaler's update for the next step. `choose` (one invocation
 // per optimizer) counts the step on the device unless it is skipped, and copies the
 // scalars the host prepared for that step count into the optimizer's uniform, with the
-// skip flag and the gradient's factors, which `precision.wgsl` applies.
+// skip flag and the gradient's factors, which `precision.wgsl` applies. Under the caller's
+// own scaler, `adopt` takes its scale and found-inf flag first, and `finish` updates nothing.
 
 const LANES: u32 = 256u;
 const PER_LANE: u32 = 16u;
@@ -56,7 +57,8 @@ struct Settings {
     max_norm: f32,
     /// Blocks over all ranges: the length of `partials`.
     blocks: u32,
-    _pad: u32,
+    /// The scale is the guard's own and `finish` updates it (it is the caller's otherwise).
+    updating: u32,
 }
 
 /// The chunk of gradient a `check` dispatch covers.
@@ -92,6 +94,10 @@ struct Counter {
 @group(0) @binding(6) var<storage, read> candidates: array<u32>;
 /// The optimizer's uniform buffer, written as words.
 @group(0) @binding(7) var<storage, read_write> scalars: array<u32>;
+/// The caller's scale and found-inf flag (PyTorch's `grad_scale` and `found_inf`: one f32
+/// each, the flag nonzero when the caller found an inf or NaN).
+@group(0) @binding(8) var<storage, read> caller_scale: array<f32>;
+@group(0) @binding(9) var<storage, read> caller_found: array<f32>;
 
 var<workgroup> sums: array<f32, LANES>;
 
@@ -122,6 +128,15 @@ fn sum_lanes(lane: u32) {
         if lane < half {
             sums[lane] = sums[lane] + sums[lane + half];
         }
+    }
+}
+
+/// Before `check`, under the caller's scale: takes its scale and its found-inf flag.
+@compute @workgroup_size(1)
+fn adopt() {
+    guard.scale = caller_scale[0];
+    if caller_found[0] != 0.0 {
+        atomicOr(&guard.found, 1u);
     }
 }
 
@@ -187,7 +202,7 @@ fn finish(@builtin(local_invocation_index) lane: u32) {
     guard.norm = norm;
     guard.last_scale = scale;
     guard.skip = select(0u, 1u, settings.scaling != 0u && found);
-    if settings.scaling != 0u {
+    if settings.scaling != 0u && settings.updating != 0u {
         if found {
             guard.scale = scale * settings.backoff_factor;
             guard.growth_tracker = 0u;

@@ -379,7 +379,11 @@ fn read_guard(meta: &dyn Fn(&str) -> Option<String>) -> std::result::Result<Guar
         ),
         None => None,
     };
-    let guard = Guard { scaler, max_norm };
+    let guard = Guard {
+        scaler,
+        max_norm,
+        caller_scale: false,
+    };
     guard.validate().map_err(|e| e.to_string())?;
     Ok(guard)
 }

@@ -15,7 +15,8 @@ pub mod testing;
 pub use compare::{ErrorStats, Tolerance};
 pub use error::{Error, Result};
 pub use gpu::{
-    BufferRange, BufferSet, Gpu, GpuCopy, GpuOptimizer, GpuOptions, GradGuard, GuardReport, Piece,
+    BufferRange, BufferSet, CallerScale, Gpu, GpuCopy, GpuOptimizer, GpuOptions, GradGuard,
+    GuardReport, Piece,
 };
 pub use model::{ModelLayout, ModelOptimizer, Segment, TensorSpec};
 pub use optim::{

@@ -300,7 +300,7 @@ impl ModelOptimizer {
                     precision.param_bytes(),
                 )?;
                 let whole = (sub(&grads, 0, layout.len), precision.half_format());
-                Some(GradGuard::new(gpu, guard, &[whole])?)
+                Some(GradGuard::new(gpu, guard, &[whole], None)?)
             }
             None => None,
         };

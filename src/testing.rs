@@ -279,6 +279,7 @@ pub fn validation_guard() -> Guard {
             ..LossScaler::default()
         }),
         max_norm: Some(1.0),
+        caller_scale: false,
     }
 }
 

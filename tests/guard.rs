@@ -70,10 +70,12 @@ fn chunk_borders_and_a_guard_without_scaler_or_clip() {
         Guard {
             scaler: None,
             max_norm: Some(0.5),
+            caller_scale: false,
         },
         Guard {
             scaler: Some(LossScaler::default()),
             max_norm: None,
+            caller_scale: false,
         },
     ] {
         for precision in [Precision::F32, Precision::Half(fusedopt::HalfFormat::Bf16)] {
@@ -191,6 +193,7 @@ fn bad_guard_settings_are_typed_errors() {
         Guard {
             scaler: None,
             max_norm: Some(0.0),
+            caller_scale: false,
         },
         Guard {
             scaler: Some(LossScaler {
@@ -198,6 +201,7 @@ fn bad_guard_settings_are_typed_errors() {
                 ..LossScaler::default()
             }),
             max_norm: None,
+            caller_scale: false,
         },
     ] {
         let made = fusedopt::GpuOptimizer::with_guard(
@@ -409,4 +413,101 @@ fn steps_taken_back_after_a_refused_submission_and_too_many_unsubmitted_steps() 
         &mut gpu.device().create_command_encoder(&Default::default()),
     )
     .unwrap();
+}
+
+#[test]
+fn the_callers_own_scale_and_found_inf_buffers() {
+    let Some(gpu) = common::gpu() else { return };
+    let n = 6_000;
+    let guard = Guard {
+        scaler: None,
+        max_norm: Some(2.0),
+        caller_scale: true,
+    };
+    let config = Optimizer::from_torch("adamw", &serde_json::json!({"lr": 0.01})).unwrap();
+    let mut problem = RandomProblem::new(n, 8);
+    let mut cpu_params = problem.params.clone();
+    let params = gpu.upload("caller/params", &cpu_params).unwrap();
+    let grads = gpu.zeros("caller/grads", n).unwrap();
+    let scale = gpu.upload("caller/grad_scale", &[256.0]).unwrap();
+    let found = gpu.upload("caller/found_inf", &[0.0]).unwrap();
+    let piece = fusedopt::Piece {
+        params: BufferRange::whole(&params),
+        grads: BufferRange::whole(&grads),
+    };
+    let caller = fusedopt::CallerScale {
+        scale: &scale,
+        found_inf: Some(&found),
+    };
+    let mut opt = fusedopt::GpuOptimizer::with_caller_scale(
+        gpu,
+        config.clone(),
+        Precision::F32,
+        &[piece],
+        guard,
+        caller,
+    )
+    .unwrap();
+    let mut cpu = CpuOptimizer::new(config, n).unwrap();
+    let mut cpu_guard = CpuGuard::new(guard).unwrap();
+    // The caller's scaler: 256, a found inf at step 2, then 128.
+    for (t, (s, f)) in [(256.0, 0.0), (256.0, 1.0), (128.0, 0.0), (128.0, 0.0)]
+        .into_iter()
+        .enumerate()
+    {
+        gpu.write(&scale, 0, &[s]).unwrap();
+        gpu.write(&found, 0, &[f]).unwrap();
+        let g: Vec<f32> = problem.next_grad().iter().map(|g| g * s).collect();
+        gpu.write(&grads, 0, &g).unwrap();
+        opt.step(gpu).unwrap();
+        let outcome = cpu_guard.prepare_from(&[&g], s, f);
+        cpu.step_guarded(
+            ArrayViewMut1::from(&mut cpu_params[..]),
+            ArrayView1::from(&g[..]),
+            0.01,
+            &outcome,
+        )
+        .unwrap();
+        let report = opt.guard().unwrap().read(gpu).unwrap();
+        assert_eq!(report.last_skipped, f != 0.0, "step {t}");
+        assert_eq!(report.last_scale, s, "the caller's scale, not updated");
+        assert_eq!(opt.read_params(gpu).unwrap(), cpu_params, "step {t}");
+    }
+    assert_eq!(opt.read_step_count(gpu).unwrap(), 3);
+    // Mismatched settings and unusable buffers are typed errors.
+    let with_own = Guard {
+        scaler: Some(LossScaler::default()),
+        ..guard
+    };
+    let adamw = Optimizer::from_torch("adamw", &serde_json::json!({})).unwrap();
+    let made = fusedopt::GpuOptimizer::with_caller_scale(
+        gpu,
+        adamw.clone(),
+        Precision::F32,
+        &[piece],
+        with_own,
+        caller,
+    );
+    assert!(matches!(made, Err(fusedopt::Error::Unsupported { .. })));
+    let made =
+        fusedopt::GpuOptimizer::with_guard(gpu, adamw.clone(), Precision::F32, &[piece], guard);
+    assert!(matches!(made, Err(fusedopt::Error::InvalidSetting { .. })));
+    let uniform = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("not storage"),
+        size: 16,
+        usage: wgpu::BufferUsages::UNIFORM,
+        mapped_at_creation: false,
+    });
+    let made = fusedopt::GpuOptimizer::with_caller_scale(
+        gpu,
+        adamw,
+        Precision::F32,
+        &[piece],
+        guard,
+        fusedopt::CallerScale {
+            scale: &uniform,
+            found_inf: None,
+        },
+    );
+    assert!(matches!(made, Err(fusedopt::Error::InvalidBuffer { .. })));
 }

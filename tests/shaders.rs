@@ -212,7 +212,12 @@ fn copy_kernel_validates_with_the_parameter_and_gradient_bindings_only() {
 fn guard_kernel_validates_and_declares_its_entry_points_bindings_and_overrides() {
     use fusedopt::kernels::GuardStage;
     let module = parse("guard", &kernels::guard_source());
-    for stage in [GuardStage::Check, GuardStage::Finish, GuardStage::Choose] {
+    for stage in [
+        GuardStage::Adopt,
+        GuardStage::Check,
+        GuardStage::Finish,
+        GuardStage::Choose,
+    ] {
         assert!(
             module.entry_points.iter().any(|e| e.name == stage.entry()),
             "guard has the entry point {}",
@@ -245,6 +250,8 @@ fn guard_kernel_validates_and_declares_its_entry_points_bindings_and_overrides()
             kernels::GUARD_COUNTER_BINDING,
             kernels::GUARD_CANDIDATES_BINDING,
             kernels::GUARD_SCALARS_BINDING,
+            kernels::GUARD_CALLER_SCALE_BINDING,
+            kernels::GUARD_CALLER_FOUND_BINDING,
         ]
     );
     // The block the CPU mirror sums is the kernel's.

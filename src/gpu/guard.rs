@@ -9,8 +9,9 @@ use super::range::BufferRange;
 use super::transfer::UNIFORM_STRIDE;
 use crate::error::{Error, Result};
 use crate::kernels::{
-    Chunked, GUARD_GRADS_BINDING, GUARD_PARTIALS_BINDING, GUARD_RANGE_BINDING,
-    GUARD_SETTINGS_BINDING, GUARD_STATE_BINDING, Grid, GuardStage, Kernel, LaunchShape, elements,
+    Chunked, GUARD_CALLER_FOUND_BINDING, GUARD_CALLER_SCALE_BINDING, GUARD_GRADS_BINDING,
+    GUARD_PARTIALS_BINDING, GUARD_RANGE_BINDING, GUARD_SETTINGS_BINDING, GUARD_STATE_BINDING, Grid,
+    GuardStage, Kernel, LaunchShape, elements,
 };
 use crate::optim::{GUARD_BLOCK, Guard, HalfFormat, ScalerState, initial_scaler_state};
 
@@ -49,6 +50,8 @@ struct Inner {
     device: wgpu::Device,
     config: Guard,
     state: wgpu::Buffer,
+    /// Under the caller's scale: the `adopt` kernel and its bind group.
+    adopt: Option<(Arc<Kernel>, wgpu::BindGroup)>,
     /// The `check` kernel and its dispatches, per gradient range.
     checks: Vec<(Arc<Kernel>, Chunked)>,
     finish: Arc<Kernel>,
@@ -58,11 +61,53 @@ struct Inner {
 /// A range of gradients the guard covers, in its storage format (`None`: f32).
 pub(crate) type GradRange<'a> = (BufferRange<'a>, Option<HalfFormat>);
 
+/// The caller's own loss scaler on the device, as PyTorch's fused optimizers take it: the
+/// buffers' first f32 are the scale the gradients carry (`grad_scale`) and, if given, a flag
+/// that is nonzero when the caller found an inf or NaN (`found_inf`). Both need `STORAGE`
+/// usage; the caller updates them, fusedopt only reads them, at each step's pre-pass.
+#[derive(Clone, Copy, Debug)]
+pub struct CallerScale<'a> {
+    /// The scale (`grad_scale`).
+    pub scale: &'a wgpu::Buffer,
+    /// The found-inf flag (`found_inf`); without it the pre-pass's own test decides.
+    pub found_inf: Option<&'a wgpu::Buffer>,
+}
+
 impl GradGuard {
     /// A guard over `ranges` (every gradient of the model, in order), its scale at
     /// `init_scale`. Ranges were checked by the optimizer that asks for the guard.
-    pub(crate) fn new(gpu: &Gpu, config: Guard, ranges: &[GradRange<'_>]) -> Result<Self> {
+    pub(crate) fn new(
+        gpu: &Gpu,
+        config: Guard,
+        ranges: &[GradRange<'_>],
+        caller: Option<CallerScale<'_>>,
+    ) -> Result<Self> {
         config.validate()?;
+        if config.caller_scale != caller.is_some() {
+            return Err(Error::InvalidSetting {
+                what: "guard".into(),
+                message: if config.caller_scale {
+                    "caller_scale is set but no scale buffer was handed in".into()
+                } else {
+                    "a scale buffer was handed in but caller_scale is not set".into()
+                },
+            });
+        }
+        if let Some(caller) = &caller {
+            for (what, buffer) in [
+                ("scale", Some(caller.scale)),
+                ("found_inf", caller.found_inf),
+            ] {
+                let Some(buffer) = buffer else { continue };
+                if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) || buffer.size() < 4 {
+                    return Err(Error::InvalidBuffer {
+                        what: what.into(),
+                        message: "the caller's scale buffers need STORAGE usage and one f32".into(),
+                    });
+                }
+                super::range::check_owned(gpu, buffer, what)?;
+            }
+        }
         let start = initial_scaler_state(&config);
         let mut state = [0u32; STATE_WORDS];
         state[0] = start.scale.to_bits();
@@ -89,14 +134,14 @@ impl GradGuard {
         let blocks32 = u32::try_from(blocks).map_err(|_| too_many())?;
         let scaler = config.scaler.unwrap_or_default();
         let settings: [u32; 8] = [
-            u32::from(config.scaler.is_some()),
+            u32::from(config.scales()),
             u32::from(config.max_norm.is_some()),
             (scaler.growth_factor as f32).to_bits(),
             (scaler.backoff_factor as f32).to_bits(),
             scaler.growth_interval,
             (config.max_norm.unwrap_or(1.0) as f32).to_bits(),
             blocks32,
-            0,
+            u32::from(config.scaler.is_some()),
         ];
         let settings = gpu.buffer_with(
             "fusedopt/guard settings",
@@ -170,6 +215,26 @@ impl GradGuard {
             checks.push((kernel, dispatches));
             first_block += len.div_ceil(GUARD_BLOCK as u64);
         }
+        let adopt = match caller {
+            Some(caller) => {
+                let kernel = gpu.guard_kernel(GuardStage::Adopt, None)?;
+                let never = gpu.zeros("fusedopt/no found_inf", 1)?;
+                let found = caller.found_inf.unwrap_or(&never);
+                let group = gpu.scoped("creating the guard's bind groups", || {
+                    gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("guard/adopt"),
+                        layout: &kernel.layout,
+                        entries: &[
+                            buffer_entry(GUARD_STATE_BINDING, &state, 0, None),
+                            buffer_entry(GUARD_CALLER_SCALE_BINDING, caller.scale, 0, Some(4)),
+                            buffer_entry(GUARD_CALLER_FOUND_BINDING, found, 0, Some(4)),
+                        ],
+                    })
+                })?;
+                Some((kernel, group))
+            }
+            None => None,
+        };
         let finish = gpu.guard_kernel(GuardStage::Finish, None)?;
         let finish_group = gpu.scoped("creating the guard's bind groups", || {
             gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
@@ -187,6 +252,7 @@ impl GradGuard {
                 device: gpu.device().clone(),
                 config,
                 state,
+                adopt,
                 checks,
                 finish,
                 finish_group,
@@ -201,6 +267,11 @@ impl GradGuard {
 
     /// Records the pre-pass into `pass`: every chunk's check, then the finish.
     pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if let Some((kernel, group)) = &self.inner.adopt {
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
         for (kernel, dispatches) in &self.inner.checks {
             pass.set_pipeline(&kernel.pipeline);
             dispatches.record(pass);

@@ -20,7 +20,7 @@ mod transfer;
 pub use adapter::{GpuOptions, describe as describe_adapter, list as list_adapters};
 pub use buffer_set::BufferSet;
 pub use copy::GpuCopy;
-pub use guard::{GradGuard, GuardReport};
+pub use guard::{CallerScale, GradGuard, GuardReport};
 pub use limits::DeviceLimits;
 pub(crate) use optimizer::GuardSource;
 pub use optimizer::{GpuOptimizer, MAX_UNCONFIRMED_STEPS};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::Gpu;
-use super::guard::{GradGuard, buffer_entry};
+use super::guard::{CallerScale, GradGuard, buffer_entry};
 use super::range::{BufferRange, Piece, check_pieces};
 use super::transfer::UNIFORM_STRIDE;
 use crate::error::{Error, Result};
@@ -77,10 +77,10 @@ struct Guarded {
 }
 
 /// Which guard an optimizer gets.
-pub(crate) enum GuardSource {
+pub(crate) enum GuardSource<'a> {
     None,
-    /// Its own, over its gradients.
-    Own(Guard),
+    /// Its own, over its gradients (reading the caller's scale where given).
+    Own(Guard, Option<CallerScale<'a>>),
     /// A model's, shared by its groups; the flag is set for the one group that records the
     /// pre-pass, before its step.
     Shared(GradGuard, bool),
@@ -160,7 +160,28 @@ impl GpuOptimizer {
             config.into(),
             precision,
             pieces,
-            GuardSource::Own(guard),
+            GuardSource::Own(guard, None),
+        )
+    }
+
+    /// [`Self::with_guard`] under the caller's own loss scaler (`guard.caller_scale` set,
+    /// `guard.scaler` none): each step unscales by the scale in `caller.scale` and is skipped
+    /// when `caller.found_inf` is nonzero or a gradient overflows, as PyTorch's fused
+    /// optimizers do with `grad_scale` and `found_inf`; the caller updates both.
+    pub fn with_caller_scale(
+        gpu: &Gpu,
+        config: impl Into<Optimizer>,
+        precision: Precision,
+        pieces: &[Piece<'_>],
+        guard: Guard,
+        caller: CallerScale<'_>,
+    ) -> Result<Self> {
+        Self::build(
+            gpu,
+            config.into(),
+            precision,
+            pieces,
+            GuardSource::Own(guard, Some(caller)),
         )
     }
 
@@ -169,19 +190,19 @@ impl GpuOptimizer {
         config: Optimizer,
         precision: Precision,
         pieces: &[Piece<'_>],
-        guard: GuardSource,
+        guard: GuardSource<'_>,
     ) -> Result<Self> {
         config.validate()?;
-        if let GuardSource::Own(guard) = &guard {
+        if let GuardSource::Own(guard, _) = &guard {
             guard.validate()?;
         }
         check_pieces(gpu, pieces, ("params", "grads"), precision.param_bytes())?;
         let guard = match guard {
             GuardSource::None => None,
-            GuardSource::Own(guard) => {
+            GuardSource::Own(guard, caller) => {
                 let format = precision.half_format();
                 let ranges: Vec<_> = pieces.iter().map(|p| (p.grads, format)).collect();
-                Some((GradGuard::new(gpu, guard, &ranges)?, true))
+                Some((GradGuard::new(gpu, guard, &ranges, caller)?, true))
             }
             GuardSource::Shared(guard, runs_pass) => Some((guard, runs_pass)),
         };

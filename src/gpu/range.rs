@@ -170,6 +170,18 @@ fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>, size: u64) -> Res
 /// may be unknown to this one (wgpu panics, caught here, though not in a program built with
 /// `panic = "abort"`) or share its index with one of this device's, which no check can see.
 fn check_device(gpu: &Gpu, pieces: &[Piece<'_>], (written, read): (&str, &str)) -> Result<()> {
+    let ranges = pieces
+        .iter()
+        .flat_map(|p| [(written, p.params), (read, p.grads)]);
+    for (what, range) in ranges {
+        check_owned(gpu, range.buffer, what)?;
+    }
+    Ok(())
+}
+
+/// Fails with [`Error::ForeignBuffer`] unless `buffer` (with `STORAGE` usage) is `gpu`'s, as
+/// [`check_device`] tells.
+pub(crate) fn check_owned(gpu: &Gpu, buffer: &wgpu::Buffer, what: &str) -> Result<()> {
     let layout = gpu.scoped("checking buffers", || {
         gpu.device()
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -177,37 +189,31 @@ fn check_device(gpu: &Gpu, pieces: &[Piece<'_>], (written, read): (&str, &str)) 
                 entries: &[storage_entry(0, true)],
             })
     })?;
-    let ranges = pieces
-        .iter()
-        .flat_map(|p| [(written, p.params), (read, p.grads)]);
-    for (what, range) in ranges {
-        let probe = catch_unwind(AssertUnwindSafe(|| {
-            gpu.scoped("checking buffers", || {
-                gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("fusedopt/device check"),
-                    layout: &layout,
-                    entries: &[wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: crate::kernels::elements(range.buffer, 0, 1),
-                    }],
-                })
+    let probe = catch_unwind(AssertUnwindSafe(|| {
+        gpu.scoped("checking buffers", || {
+            gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("fusedopt/device check"),
+                layout: &layout,
+                entries: &[wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: crate::kernels::elements(buffer, 0, 1),
+                }],
             })
-        }));
-        let foreign = |source| Error::ForeignBuffer {
-            what: what.into(),
-            source,
-        };
-        match probe {
-            Ok(Ok(_)) => {}
-            Ok(Err(Error::Wgpu { source, .. })) if is_device_mismatch(&source) => {
-                return Err(foreign(Some(source)));
-            }
-            Ok(Err(e)) => return Err(e),
-            // This instance has no buffer of that index: the buffer is another instance's.
-            Err(_) => return Err(foreign(None)),
+        })
+    }));
+    let foreign = |source| Error::ForeignBuffer {
+        what: what.into(),
+        source,
+    };
+    match probe {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(Error::Wgpu { source, .. })) if is_device_mismatch(&source) => {
+            Err(foreign(Some(source)))
         }
+        Ok(Err(e)) => Err(e),
+        // This instance has no buffer of that index: the buffer is another instance's.
+        Err(_) => Err(foreign(None)),
     }
-    Ok(())
 }
 
 /// Whether wgpu refused a bind group for a resource of another device.

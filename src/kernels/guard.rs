@@ -31,9 +31,16 @@ pub const GUARD_CANDIDATES_BINDING: u32 = 6;
 /// Binding of the optimizer's uniform buffer, written as storage (`choose`).
 pub const GUARD_SCALARS_BINDING: u32 = 7;
 
-/// The guard's three entry points.
+/// Binding of the caller's scale (`adopt`).
+pub const GUARD_CALLER_SCALE_BINDING: u32 = 8;
+/// Binding of the caller's found-inf flag (`adopt`).
+pub const GUARD_CALLER_FOUND_BINDING: u32 = 9;
+
+/// The guard's entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardStage {
+    /// Once, under the caller's scaler: take its scale and found-inf flag.
+    Adopt,
     /// Per chunk of gradients: overflow test and the blocks' sums of squares.
     Check,
     /// Once: the norm, the clip factor, the skip and the scaler's update.
@@ -46,6 +53,7 @@ impl GuardStage {
     /// The entry point's name in `guard.wgsl`.
     pub fn entry(self) -> &'static str {
         match self {
+            Self::Adopt => "adopt",
             Self::Check => "check",
             Self::Finish => "finish",
             Self::Choose => "choose",
@@ -56,6 +64,11 @@ impl GuardStage {
     fn entries(self) -> Vec<wgpu::BindGroupLayoutEntry> {
         let state = sized_storage_entry(GUARD_STATE_BINDING, false, GUARD_STATE_SIZE);
         match self {
+            Self::Adopt => vec![
+                state,
+                storage_entry(GUARD_CALLER_SCALE_BINDING, true),
+                storage_entry(GUARD_CALLER_FOUND_BINDING, true),
+            ],
             Self::Check => vec![
                 state,
                 uniform_entry(GUARD_SETTINGS_BINDING, 32),
@@ -91,7 +104,7 @@ impl GuardStage {
                     },
                 ),
             ],
-            Self::Finish | Self::Choose => Vec::new(),
+            Self::Adopt | Self::Finish | Self::Choose => Vec::new(),
         }
     }
 }

@@ -127,6 +127,11 @@ pub struct Guard {
     pub scaler: Option<LossScaler>,
     /// Clip the unscaled gradient to this global L2 norm (`clip_grad_norm_(max_norm)`).
     pub max_norm: Option<f64>,
+    /// The scale and the found-inf flag come from the caller's own loss scaler, as PyTorch's
+    /// fused optimizers take `grad_scale` and `found_inf` (with `scaler: None`): the step
+    /// unscales by it and skips when the flag is set or a gradient overflows, and the caller
+    /// updates its scale.
+    pub caller_scale: bool,
 }
 
 impl Guard {
@@ -134,6 +139,12 @@ impl Guard {
     pub fn validate(&self) -> Result<()> {
         if let Some(scaler) = &self.scaler {
             scaler.validate()?;
+        }
+        if self.caller_scale && self.scaler.is_some() {
+            return Err(Error::Unsupported {
+                optimizer: "guard",
+                message: "a guard that reads the caller's scale keeps no scaler of its own".into(),
+            });
         }
         if let Some(max_norm) = self.max_norm {
             check(
@@ -148,7 +159,12 @@ impl Guard {
 
     /// Whether the guard does anything.
     pub fn is_active(&self) -> bool {
-        self.scaler.is_some() || self.max_norm.is_some()
+        self.scales() || self.max_norm.is_some()
+    }
+
+    /// Whether gradients arrive scaled: by its own scaler or the caller's.
+    pub fn scales(&self) -> bool {
+        self.scaler.is_some() || self.caller_scale
     }
 
     /// A short description, as `scale(65536, x2 every 4, x0.5) + clip(1)`.
@@ -159,6 +175,9 @@ impl Guard {
                 "scale({}, x{} every {}, x{})",
                 s.init_scale, s.growth_factor, s.growth_interval, s.backoff_factor
             ));
+        }
+        if self.caller_scale {
+            parts.push("the caller's scale".into());
         }
         if let Some(max_norm) = self.max_norm {
             parts.push(format!("clip({max_norm})"));
@@ -233,7 +252,7 @@ pub fn finish_guard(
         }
         None => 1.0,
     };
-    let skip = guard.scaler.is_some() && found_non_finite;
+    let skip = guard.scales() && found_non_finite;
     if let Some(scaler) = &guard.scaler {
         if found_non_finite {
             state.scale = scale * scaler.backoff_factor as f32;
@@ -260,11 +279,7 @@ pub fn finish_guard(
 /// The factor that unscales gradients carrying `scale`: `1 / scale` in f32 (GradScaler's
 /// `inv_scale`), exactly 1 without a scaler.
 pub fn unscale_of(guard: &Guard, scale: f32) -> f32 {
-    if guard.scaler.is_some() {
-        1.0 / scale
-    } else {
-        1.0
-    }
+    if guard.scales() { 1.0 / scale } else { 1.0 }
 }
 
 /// The scaler's state before the first step.
@@ -286,6 +301,7 @@ mod tests {
                 ..LossScaler::default()
             }),
             max_norm: None,
+            caller_scale: false,
         }
     }
 
@@ -312,6 +328,7 @@ mod tests {
         let guard = Guard {
             scaler: None,
             max_norm: Some(1.0),
+            caller_scale: false,
         };
         let mut state = initial_scaler_state(&guard);
         let out = finish_guard(&guard, &mut state, false, 16.0);
@@ -354,8 +371,8 @@ mod tests {
         }
         for max_norm in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let guard = Guard {
-                scaler: None,
                 max_norm: Some(max_norm),
+                ..Guard::default()
             };
             assert!(guard.validate().is_err(), "{max_norm}");
         }

@@ -17,6 +17,8 @@ use crate::optim::{
 pub struct CpuGuard {
     guard: Guard,
     state: ScalerState,
+    /// The caller's found-inf flag of the step being prepared.
+    caller_found: bool,
 }
 
 impl CpuGuard {
@@ -26,6 +28,7 @@ impl CpuGuard {
         Ok(Self {
             guard,
             state: initial_scaler_state(&guard),
+            caller_found: false,
         })
     }
 
@@ -54,13 +57,22 @@ impl CpuGuard {
         Ok(())
     }
 
+    /// [`Self::prepare`] under the caller's own scaler (`caller_scale`): its `scale` and
+    /// `found_inf` flag (nonzero: found), as the device's `adopt` takes them.
+    pub fn prepare_from(&mut self, ranges: &[&[f32]], scale: f32, found_inf: f32) -> GuardOutcome {
+        self.state.scale = scale;
+        self.caller_found = found_inf != 0.0;
+        self.prepare(ranges)
+    }
+
     /// The pre-pass over the gradients of every range (in f32, widened from 16-bit where
     /// they are stored so), in order: what the step applies, and the scaler moved on.
     pub fn prepare(&mut self, ranges: &[&[f32]]) -> GuardOutcome {
         let unscale = unscale_of(&self.guard, self.state.scale);
-        let found = ranges
-            .iter()
-            .any(|r| r.iter().any(|g| non_finite_bits(g.to_bits())));
+        let found = std::mem::take(&mut self.caller_found)
+            || ranges
+                .iter()
+                .any(|r| r.iter().any(|g| non_finite_bits(g.to_bits())));
         let partials: Vec<f32> = ranges
             .iter()
             .flat_map(|r| r.chunks(GUARD_BLOCK).map(|b| block_sum(b, unscale)))
@@ -158,6 +170,7 @@ mod tests {
         let mut guard = CpuGuard::new(Guard {
             scaler: None,
             max_norm: Some(1.0),
+            caller_scale: false,
         })
         .unwrap();
         // 3-4-5 spread over two ranges and several blocks.
@@ -176,6 +189,7 @@ mod tests {
         let mut guard = CpuGuard::new(Guard {
             scaler: Some(Default::default()),
             max_norm: None,
+            caller_scale: false,
         })
         .unwrap();
         let mut params = [1.0f32, 2.0, 3.0];

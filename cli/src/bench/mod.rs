@@ -89,6 +89,7 @@ pub fn bench_guard() -> Guard {
     Guard {
         scaler: Some(LossScaler::default()),
         max_norm: Some(1.0),
+        caller_scale: false,
     }
 }
 
