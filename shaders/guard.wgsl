@@ -194,8 +194,10 @@ fn finish(@builtin(local_invocation_index) lane: u32) {
     if settings.clipping != 0u {
         // PyTorch's float over tensor: the reciprocal, then the product.
         let coef = (1.0 / (norm + 1e-6)) * settings.max_norm;
-        // NaN stays NaN, as torch.clamp(max=1) keeps it.
-        clip = select(coef, 1.0, coef > 1.0);
+        // NaN stays NaN, as torch.clamp(max=1) keeps it: told by its bits, since not every
+        // backend compares a NaN as IEEE says (GL may not).
+        let nan = (bitcast<u32>(coef) & 0x7fffffffu) > 0x7f800000u;
+        clip = select(select(coef, 1.0, coef > 1.0), coef, nan);
     }
     guard.unscale = unscale_of(scale);
     guard.clip = clip;

@@ -12,6 +12,78 @@ use fusedopt::{
 };
 use ndarray::{ArrayView1, ArrayViewMut1};
 
+/// An f32 optimizer under a guard on the GPU and its CPU mirror, stepped side by side on
+/// seeded gradients.
+struct Twin {
+    gpu_opt: fusedopt::GpuOptimizer,
+    cpu: CpuOptimizer,
+    cpu_guard: CpuGuard,
+    problem: RandomProblem,
+    cpu_params: Vec<f32>,
+    grads: wgpu::Buffer,
+}
+
+impl Twin {
+    /// `n` parameters from `seed`; under the caller's scale when `caller` is given.
+    fn new(
+        gpu: &fusedopt::Gpu,
+        config: &Optimizer,
+        guard: Guard,
+        (n, seed): (usize, u64),
+        caller: Option<fusedopt::CallerScale<'_>>,
+    ) -> Self {
+        let problem = RandomProblem::new(n, seed);
+        let params = gpu.upload("twin/params", &problem.params).unwrap();
+        let grads = gpu.zeros("twin/grads", n).unwrap();
+        let piece = [fusedopt::Piece {
+            params: BufferRange::whole(&params),
+            grads: BufferRange::whole(&grads),
+        }];
+        let (c, f32) = (config.clone(), Precision::F32);
+        let gpu_opt = match caller {
+            Some(caller) => {
+                fusedopt::GpuOptimizer::with_caller_scale(gpu, c, f32, &piece, guard, caller)
+            }
+            None => fusedopt::GpuOptimizer::with_guard(gpu, c, f32, &piece, guard),
+        }
+        .unwrap();
+        Self {
+            gpu_opt,
+            cpu: CpuOptimizer::new(config.clone(), n).unwrap(),
+            cpu_guard: CpuGuard::new(guard).unwrap(),
+            cpu_params: problem.params.clone(),
+            problem,
+            grads,
+        }
+    }
+
+    /// The next seeded gradient, times `scale`.
+    fn next_grad(&mut self, scale: f32) -> Vec<f32> {
+        self.problem.next_grad().iter().map(|g| g * scale).collect()
+    }
+
+    /// One step on both sides with gradient `g` (under the caller's `(scale, found_inf)`
+    /// where given); fails unless the parameters agree bit for bit.
+    fn step(&mut self, gpu: &fusedopt::Gpu, g: &[f32], caller: Option<(f32, f32)>) {
+        gpu.write(&self.grads, 0, g).unwrap();
+        self.gpu_opt.step(gpu).unwrap();
+        let outcome = match caller {
+            Some((scale, found)) => self.cpu_guard.prepare_from(&[g], scale, found),
+            None => self.cpu_guard.prepare(&[g]),
+        };
+        let lr = self.cpu.config().lr();
+        self.cpu
+            .step_guarded(
+                ArrayViewMut1::from(&mut self.cpu_params[..]),
+                ArrayView1::from(g),
+                lr,
+                &outcome,
+            )
+            .unwrap();
+        assert_eq!(self.gpu_opt.read_params(gpu).unwrap(), self.cpu_params);
+    }
+}
+
 /// Every optimizer with PyTorch's defaults, plus momentum for SGD.
 fn optimizers() -> Vec<Optimizer> {
     Optimizer::NAMES
@@ -292,63 +364,40 @@ fn a_model_in_bf16_with_a_master_matches_the_cpu_group_by_group() {
 #[test]
 fn a_restored_step_count_and_scale_continue_like_the_cpu() {
     let Some(gpu) = common::gpu() else { return };
-    let n = 5_000;
-    let guard = validation_guard();
     let config = Optimizer::from_torch("adam", &serde_json::json!({"lr": 0.01})).unwrap();
-    let mut problem = RandomProblem::new(n, 21);
-    let mut cpu_params = problem.params.clone();
-    let params = gpu.upload("restore/params", &cpu_params).unwrap();
-    let grads = gpu.zeros("restore/grads", n).unwrap();
-    let piece = fusedopt::Piece {
-        params: BufferRange::whole(&params),
-        grads: BufferRange::whole(&grads),
-    };
-    let mut opt =
-        fusedopt::GpuOptimizer::with_guard(gpu, config.clone(), Precision::F32, &[piece], guard)
-            .unwrap();
-    let mut cpu = CpuOptimizer::new(config, n).unwrap();
-    let mut cpu_guard = CpuGuard::new(guard).unwrap();
+    let mut twin = Twin::new(gpu, &config, validation_guard(), (5_000, 21), None);
     // As a run resumed at step 40 with the scale at 8 and one clean step behind it.
     let scaler = fusedopt::optim::ScalerState {
         scale: 8.0,
         growth_tracker: 1,
     };
-    opt.restore_step_count(gpu, 40).unwrap();
-    opt.guard().unwrap().restore(gpu, scaler).unwrap();
-    cpu.set_step_count(40);
-    cpu_guard.restore(scaler).unwrap();
+    twin.gpu_opt.restore_step_count(gpu, 40).unwrap();
+    twin.gpu_opt.guard().unwrap().restore(gpu, scaler).unwrap();
+    twin.cpu.set_step_count(40);
+    twin.cpu_guard.restore(scaler).unwrap();
     for t in 0..4 {
-        let scale = cpu_guard.state().scale;
-        let mut g: Vec<f32> = problem.next_grad().iter().map(|g| g * scale).collect();
+        let mut g = twin.next_grad(twin.cpu_guard.state().scale);
         if t == 1 {
             g[0] = f32::NAN;
         }
-        gpu.write(&grads, 0, &g).unwrap();
-        opt.step(gpu).unwrap();
-        let outcome = cpu_guard.prepare(&[&g]);
-        cpu.step_guarded(
-            ArrayViewMut1::from(&mut cpu_params[..]),
-            ArrayView1::from(&g[..]),
-            0.01,
-            &outcome,
-        )
-        .unwrap();
-        assert_eq!(opt.read_params(gpu).unwrap(), cpu_params, "step {t}");
-        assert_eq!(
-            opt.guard().unwrap().read(gpu).unwrap().scale,
-            cpu_guard.state().scale
-        );
+        twin.step(gpu, &g, None);
+        let report = twin.gpu_opt.guard().unwrap().read(gpu).unwrap();
+        assert_eq!(report.scale, twin.cpu_guard.state().scale);
     }
-    assert_eq!(opt.read_step_count(gpu).unwrap(), 43, "40 + 4, one skipped");
-    assert_eq!(cpu.step_count(), 43);
+    assert_eq!(
+        twin.gpu_opt.read_step_count(gpu).unwrap(),
+        43,
+        "40 + 4, one skipped"
+    );
+    assert_eq!(twin.cpu.step_count(), 43);
     let bad = fusedopt::optim::ScalerState {
         scale: f32::INFINITY,
         growth_tracker: 0,
     };
-    assert!(opt.guard().unwrap().restore(gpu, bad).is_err());
-    assert!(opt.restore_step_count(gpu, 1 << 40).is_err());
+    assert!(twin.gpu_opt.guard().unwrap().restore(gpu, bad).is_err());
+    assert!(twin.gpu_opt.restore_step_count(gpu, 1 << 40).is_err());
     assert_eq!(
-        opt.read_step_count(gpu).unwrap(),
+        twin.gpu_opt.read_step_count(gpu).unwrap(),
         43,
         "a failed restore changes nothing"
     );
@@ -357,44 +406,20 @@ fn a_restored_step_count_and_scale_continue_like_the_cpu() {
 #[test]
 fn steps_taken_back_after_a_refused_submission_and_too_many_unsubmitted_steps() {
     let Some(gpu) = common::gpu() else { return };
-    let n = 3_000;
-    let guard = validation_guard();
     let config = Optimizer::from_torch("adamw", &serde_json::json!({})).unwrap();
-    let mut problem = RandomProblem::new(n, 4);
-    let mut cpu_params = problem.params.clone();
-    let params = gpu.upload("refused/params", &cpu_params).unwrap();
-    let grads = gpu.zeros("refused/grads", n).unwrap();
-    let piece = fusedopt::Piece {
-        params: BufferRange::whole(&params),
-        grads: BufferRange::whole(&grads),
-    };
-    let mut opt =
-        fusedopt::GpuOptimizer::with_guard(gpu, config.clone(), Precision::F32, &[piece], guard)
-            .unwrap();
+    let mut twin = Twin::new(gpu, &config, validation_guard(), (3_000, 4), None);
+    let opt = &mut twin.gpu_opt;
     // Two steps recorded into an encoder that is never submitted, then taken back.
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
     opt.record_step(gpu, &mut encoder).unwrap();
     opt.record_step(gpu, &mut encoder).unwrap();
     drop(encoder);
     opt.set_step_count(0);
-    let mut cpu = CpuOptimizer::new(config, n).unwrap();
-    let mut cpu_guard = CpuGuard::new(guard).unwrap();
     for _ in 0..3 {
-        let scale = cpu_guard.state().scale;
-        let g: Vec<f32> = problem.next_grad().iter().map(|g| g * scale).collect();
-        gpu.write(&grads, 0, &g).unwrap();
-        opt.step(gpu).unwrap();
-        let outcome = cpu_guard.prepare(&[&g]);
-        let lr = cpu.config().lr();
-        cpu.step_guarded(
-            ArrayViewMut1::from(&mut cpu_params[..]),
-            ArrayView1::from(&g[..]),
-            lr,
-            &outcome,
-        )
-        .unwrap();
+        let g = twin.next_grad(twin.cpu_guard.state().scale);
+        twin.step(gpu, &g, None);
     }
-    assert_eq!(opt.read_params(gpu).unwrap(), cpu_params);
+    let opt = &mut twin.gpu_opt;
     assert_eq!(opt.read_step_count(gpu).unwrap(), 3);
     // One encoder holds at most MAX_UNCONFIRMED_STEPS guarded steps before a submission.
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
@@ -408,48 +433,26 @@ fn steps_taken_back_after_a_refused_submission_and_too_many_unsubmitted_steps() 
     ));
     assert_eq!(opt.step_count(), before, "the refused step is not counted");
     gpu.submit_and_wait("the recorded steps", encoder).unwrap();
-    opt.record_step(
-        gpu,
-        &mut gpu.device().create_command_encoder(&Default::default()),
-    )
-    .unwrap();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    opt.record_step(gpu, &mut encoder).unwrap();
 }
 
 #[test]
 fn the_callers_own_scale_and_found_inf_buffers() {
     let Some(gpu) = common::gpu() else { return };
-    let n = 6_000;
     let guard = Guard {
         scaler: None,
         max_norm: Some(2.0),
         caller_scale: true,
     };
     let config = Optimizer::from_torch("adamw", &serde_json::json!({"lr": 0.01})).unwrap();
-    let mut problem = RandomProblem::new(n, 8);
-    let mut cpu_params = problem.params.clone();
-    let params = gpu.upload("caller/params", &cpu_params).unwrap();
-    let grads = gpu.zeros("caller/grads", n).unwrap();
     let scale = gpu.upload("caller/grad_scale", &[256.0]).unwrap();
     let found = gpu.upload("caller/found_inf", &[0.0]).unwrap();
-    let piece = fusedopt::Piece {
-        params: BufferRange::whole(&params),
-        grads: BufferRange::whole(&grads),
-    };
     let caller = fusedopt::CallerScale {
         scale: &scale,
         found_inf: Some(&found),
     };
-    let mut opt = fusedopt::GpuOptimizer::with_caller_scale(
-        gpu,
-        config.clone(),
-        Precision::F32,
-        &[piece],
-        guard,
-        caller,
-    )
-    .unwrap();
-    let mut cpu = CpuOptimizer::new(config, n).unwrap();
-    let mut cpu_guard = CpuGuard::new(guard).unwrap();
+    let mut twin = Twin::new(gpu, &config, guard, (6_000, 8), Some(caller));
     // The caller's scaler: 256, a found inf at step 2, then 128.
     for (t, (s, f)) in [(256.0, 0.0), (256.0, 1.0), (128.0, 0.0), (128.0, 0.0)]
         .into_iter()
@@ -457,23 +460,19 @@ fn the_callers_own_scale_and_found_inf_buffers() {
     {
         gpu.write(&scale, 0, &[s]).unwrap();
         gpu.write(&found, 0, &[f]).unwrap();
-        let g: Vec<f32> = problem.next_grad().iter().map(|g| g * s).collect();
-        gpu.write(&grads, 0, &g).unwrap();
-        opt.step(gpu).unwrap();
-        let outcome = cpu_guard.prepare_from(&[&g], s, f);
-        cpu.step_guarded(
-            ArrayViewMut1::from(&mut cpu_params[..]),
-            ArrayView1::from(&g[..]),
-            0.01,
-            &outcome,
-        )
-        .unwrap();
-        let report = opt.guard().unwrap().read(gpu).unwrap();
+        let g = twin.next_grad(s);
+        twin.step(gpu, &g, Some((s, f)));
+        let report = twin.gpu_opt.guard().unwrap().read(gpu).unwrap();
         assert_eq!(report.last_skipped, f != 0.0, "step {t}");
         assert_eq!(report.last_scale, s, "the caller's scale, not updated");
-        assert_eq!(opt.read_params(gpu).unwrap(), cpu_params, "step {t}");
     }
-    assert_eq!(opt.read_step_count(gpu).unwrap(), 3);
+    assert_eq!(twin.gpu_opt.read_step_count(gpu).unwrap(), 3);
+    let params = gpu.zeros("caller/params", 8).unwrap();
+    let grads = gpu.zeros("caller/grads", 8).unwrap();
+    let piece = fusedopt::Piece {
+        params: BufferRange::whole(&params),
+        grads: BufferRange::whole(&grads),
+    };
     // Mismatched settings and unusable buffers are typed errors.
     let with_own = Guard {
         scaler: Some(LossScaler::default()),
