@@ -52,13 +52,43 @@ pub struct Trajectory {
 }
 
 impl Trajectory {
-    /// Reads and checks a trajectory file.
+    /// Reads and checks a trajectory file. The header is read and checked first, in bounded
+    /// memory: a file whose size is not the one its header describes is refused before the
+    /// rest of it is read.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        use std::io::Read;
         let path_str = path.as_ref().display().to_string();
-        let bytes = std::fs::read(path.as_ref()).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: path_str.clone(),
             source,
-        })?;
+        };
+        let bad = |message: String| Error::Golden {
+            path: path_str.clone(),
+            message,
+        };
+        let mut file = std::fs::File::open(path.as_ref()).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut prefix = [0u8; 8];
+        file.read_exact(&mut prefix)
+            .map_err(|_| bad(format!("not a safetensors file: {len} bytes")))?;
+        let header_len = u64::from_le_bytes(prefix);
+        if header_len > MAX_HEADER_BYTES || header_len > len - 8 {
+            return Err(bad(format!(
+                "not a safetensors file: a header of {header_len} bytes in a file of {len}"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let data = data_bytes(&header).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        if 8 + header_len + data != len {
+            return Err(bad(format!(
+                "the file is {len} bytes but its header describes {}",
+                8 + header_len + data
+            )));
+        }
+        let mut bytes = prefix.to_vec();
+        bytes.append(&mut header);
+        file.read_to_end(&mut bytes).map_err(io)?;
         Self::parse(&path_str, &bytes)
     }
 
@@ -164,6 +194,9 @@ impl Trajectory {
         }
         if n == 0 {
             return Err(bad("the trajectory has no parameters".into()));
+        }
+        if steps == 0 {
+            return Err(bad("the trajectory has no steps: nothing to check".into()));
         }
         let scale = match guard.scaler {
             Some(_) => {
@@ -359,6 +392,26 @@ impl Trajectory {
         }
         Ok(stats)
     }
+}
+
+/// Largest safetensors header a trajectory may have (its JSON: names, shapes, metadata).
+const MAX_HEADER_BYTES: u64 = 1 << 24;
+
+/// Bytes of tensor data a safetensors header describes: the end of its last tensor.
+fn data_bytes(header: &[u8]) -> std::result::Result<u64, String> {
+    let json: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let map = json.as_object().ok_or("the header is not a JSON object")?;
+    let mut end = 0u64;
+    for (name, tensor) in map.iter().filter(|(k, _)| *k != "__metadata__") {
+        let offsets = tensor
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|o| o.get(1))
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| format!("tensor `{name}` has no data offsets"))?;
+        end = end.max(offsets);
+    }
+    Ok(end)
 }
 
 /// Format 2's loss scaler (`grad_scaler`, JSON) and clip (`max_grad_norm`).

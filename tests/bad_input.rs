@@ -394,3 +394,31 @@ fn bad_pieces_and_buffer_sets_are_errors() {
         "a single buffer past the lowered limit is refused"
     );
 }
+
+#[test]
+fn null_hyperparameters_and_a_nan_dampening_are_refused() {
+    // JSON writers turn a NaN into null: a lost setting must not become the default.
+    for (name, hyper) in [
+        ("adam", serde_json::json!({"lr": null})),
+        (
+            "sgd",
+            serde_json::json!({"momentum": 0.9, "dampening": null}),
+        ),
+        ("rmsprop", serde_json::json!({"alpha": null})),
+    ] {
+        let err = fusedopt::Optimizer::from_torch(name, &hyper).unwrap_err();
+        assert!(err.to_string().contains("null"), "{name}: {err}");
+    }
+    let sgd = fusedopt::Sgd {
+        momentum: 0.9,
+        dampening: f64::NAN,
+        ..fusedopt::Sgd::default()
+    };
+    assert!(matches!(
+        fusedopt::Optimizer::from(sgd).validate(),
+        Err(fusedopt::Error::InvalidHyperparameter {
+            name: "dampening",
+            ..
+        })
+    ));
+}

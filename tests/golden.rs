@@ -231,3 +231,32 @@ fn malformed_files_are_rejected_with_the_reason() {
         .to_string();
     assert!(err.contains("/nonexistent/file.safetensors"), "{err}");
 }
+
+#[test]
+fn a_huge_file_with_a_bad_header_is_refused_without_reading_it() {
+    // A sparse 10 GB file: a header that does not describe it, then nothing.
+    let path =
+        std::env::temp_dir().join(format!("fusedopt-huge-{}.safetensors", std::process::id()));
+    let header = br#"{"params0":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(10 << 30)
+        .unwrap();
+    let start = std::time::Instant::now();
+    let err = Trajectory::load(&path).unwrap_err().to_string();
+    assert!(err.contains("header describes"), "{err}");
+    assert!(
+        start.elapsed().as_secs() < 2,
+        "refused before reading 10 GB"
+    );
+    // A header length past the file.
+    std::fs::write(&path, u64::MAX.to_le_bytes()).unwrap();
+    let err = Trajectory::load(&path).unwrap_err().to_string();
+    assert!(err.contains("a header of"), "{err}");
+    std::fs::remove_file(path).ok();
+}

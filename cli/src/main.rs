@@ -35,11 +35,11 @@ enum Command {
         /// Only this optimizer (repeatable).
         #[arg(long = "optimizer", value_name = "NAME", value_parser = optimizer_names())]
         optimizers: Vec<String>,
-        /// Elements per tensor.
-        #[arg(long, default_value_t = 100_003)]
+        /// Elements per tensor (1048576, 2^20 or 1M).
+        #[arg(long, default_value_t = 100_003, value_parser = parse_size)]
         size: usize,
-        /// Steps per run.
-        #[arg(long, default_value_t = 5)]
+        /// Steps per run (at least 1).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         steps: u64,
         /// Seed of the random data.
         #[arg(long, default_value_t = 0)]
@@ -131,12 +131,25 @@ enum Command {
 /// Per-element tolerance `|x - ref| <= atol + rtol * |ref|`.
 #[derive(clap::Args, Debug)]
 struct ToleranceArgs {
-    /// Absolute tolerance.
-    #[arg(long, default_value_t = Tolerance::F32.abs)]
+    /// Absolute tolerance (finite, >= 0).
+    #[arg(long, default_value_t = Tolerance::F32.abs, value_parser = parse_tolerance)]
     atol: f64,
-    /// Relative tolerance.
-    #[arg(long, default_value_t = Tolerance::F32.rel)]
+    /// Relative tolerance (finite, >= 0).
+    #[arg(long, default_value_t = Tolerance::F32.rel, value_parser = parse_tolerance)]
     rtol: f64,
+    /// Ask for bit-identical results: both tolerances zero (refused otherwise, where a zero
+    /// tolerance is more likely a mistake).
+    #[arg(long)]
+    exact: bool,
+}
+
+/// A tolerance: a finite number, not negative (a NaN or a negative one passes everything).
+fn parse_tolerance(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(x) => Err(format!("{x} is not a tolerance: give a finite number >= 0")),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
 }
 
 /// How the GPU kernels cover their ranges (a tuning knob: the numbers never change).
@@ -168,11 +181,19 @@ impl LaunchArgs {
 }
 
 impl ToleranceArgs {
-    fn tolerance(&self) -> Tolerance {
-        Tolerance {
+    fn tolerance(&self) -> Result<Tolerance> {
+        if self.exact {
+            return Ok(Tolerance::EXACT);
+        }
+        if self.atol == 0.0 && self.rtol == 0.0 {
+            return Err(fusedopt_cli::Error::InvalidArgument(
+                "--atol 0 and --rtol 0 ask for bit-identical results: pass --exact for that".into(),
+            ));
+        }
+        Ok(Tolerance {
             abs: self.atol,
             rel: self.rtol,
-        }
+        })
     }
 }
 
@@ -194,6 +215,12 @@ fn main() -> ExitCode {
             guard,
             launch,
         }) => (|| {
+            if let Some(dir) = out.as_deref().filter(|d| d.exists() && !d.is_dir()) {
+                return Err(fusedopt_cli::Error::InvalidArgument(format!(
+                    "--out {}: a file is there, not a folder",
+                    dir.display()
+                )));
+            }
             let gpu = if cpu_only { None } else { Some(launch.gpu()?) };
             let mut options = BenchOptions::defaults(&optimizers, gpu.as_ref())?;
             if !precisions.is_empty() {
@@ -259,7 +286,7 @@ fn main() -> ExitCode {
                 &optimizers,
                 &precisions,
                 (size, steps, seed),
-                &tolerance.tolerance(),
+                &tolerance.tolerance()?,
             )
         }),
         Some(Command::Check {
@@ -268,8 +295,9 @@ fn main() -> ExitCode {
             tolerance,
             launch,
         }) => (|| {
+            let tol = tolerance.tolerance()?;
             let gpu = if cpu_only { None } else { Some(launch.gpu()?) };
-            check(gpu.as_ref(), &files, &tolerance.tolerance())
+            check(gpu.as_ref(), &files, &tol)
         })(),
     };
     match result {
@@ -542,6 +570,14 @@ fn validate(
     } else {
         optimizers.to_vec()
     };
+    if steps == 0 || precisions.is_empty() {
+        return Err(fusedopt_cli::Error::InvalidArgument(
+            "nothing to validate: no step or no precision".into(),
+        ));
+    }
+    // Parameters, gradients, state and master on the CPU side, and what is read back from the
+    // GPU: at most 16 f32 per element.
+    bench::check_host_memory(&format!("validate at {size} elements"), size, 64)?;
     let shape = gpu.launch_shape();
     println!(
         "validate: GPU ({}; {} threads per workgroup, {} elements per invocation{}) against the CPU reference, {size} elements, {steps} steps, seed {seed}, \

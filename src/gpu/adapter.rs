@@ -64,6 +64,13 @@ fn adapters_of(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
 
 /// The adapter the options ask for: by name, else the most capable kind.
 pub(super) fn choose(options: &GpuOptions) -> Result<wgpu::Adapter> {
+    if options.backends.is_empty() {
+        let set = std::env::var("WGPU_BACKEND").unwrap_or_default();
+        return Err(Error::NoAdapter(format!(
+            "WGPU_BACKEND={set:?} names no backend wgpu knows: give one or more of vulkan, \
+             metal, dx12, gl, webgpu (comma-separated), or leave it unset for all"
+        )));
+    }
     let adapters = adapters_of(options.backends);
     let names: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
     match &options.adapter_name {

@@ -35,9 +35,20 @@ impl<'a> HyperReader<'a> {
         })
     }
 
-    fn take(&mut self, key: &str) -> Option<&'a Value> {
+    /// The value of `key`, if present. `null` is refused rather than read as absent: JSON
+    /// writers turn a NaN into `null`, and a setting lost that way must not become a default.
+    fn take(&mut self, key: &str) -> Result<Option<&'a Value>> {
         self.unread.remove(key);
-        self.map.get(key).filter(|v| !v.is_null())
+        match self.map.get(key) {
+            Some(Value::Null) => Err(Error::Unsupported {
+                optimizer: self.optimizer,
+                message: format!(
+                    "hyperparameter {key} is null (a NaN written as JSON?): give a value or \
+                     leave the key out"
+                ),
+            }),
+            value => Ok(value),
+        }
     }
 
     fn wrong_type(&self, key: &str, expected: &str, got: &Value) -> Error {
@@ -49,7 +60,7 @@ impl<'a> HyperReader<'a> {
 
     /// Reads a number into `slot` if the key is present.
     pub(crate) fn number(&mut self, key: &str, slot: &mut f64) -> Result<()> {
-        if let Some(v) = self.take(key) {
+        if let Some(v) = self.take(key)? {
             *slot = v
                 .as_f64()
                 .ok_or_else(|| self.wrong_type(key, "a number", v))?;
@@ -59,7 +70,7 @@ impl<'a> HyperReader<'a> {
 
     /// Reads a boolean into `slot` if the key is present.
     pub(crate) fn boolean(&mut self, key: &str, slot: &mut bool) -> Result<()> {
-        if let Some(v) = self.take(key) {
+        if let Some(v) = self.take(key)? {
             *slot = v
                 .as_bool()
                 .ok_or_else(|| self.wrong_type(key, "true or false", v))?;
@@ -69,7 +80,7 @@ impl<'a> HyperReader<'a> {
 
     /// Reads a pair of numbers (`betas`) into `slot` if the key is present.
     pub(crate) fn pair(&mut self, key: &str, slot: &mut (f64, f64)) -> Result<()> {
-        if let Some(v) = self.take(key) {
+        if let Some(v) = self.take(key)? {
             let pair = v
                 .as_array()
                 .filter(|a| a.len() == 2)

@@ -69,6 +69,14 @@ impl Sgd {
         non_negative(NAME, "lr", self.lr)?;
         non_negative(NAME, "momentum", self.momentum)?;
         non_negative(NAME, "weight_decay", self.weight_decay)?;
+        // PyTorch takes any dampening; a NaN would turn every momentum buffer into NaN.
+        crate::optim::require(
+            NAME,
+            "dampening",
+            self.dampening,
+            self.dampening.is_finite(),
+            "must be a finite number",
+        )?;
         if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
             return Err(Error::Unsupported {
                 optimizer: NAME,

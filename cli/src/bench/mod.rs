@@ -452,6 +452,26 @@ pub fn cpu_description() -> String {
     format!("{brand} ({} threads)", rayon::current_num_threads())
 }
 
+/// Fails, before anything is allocated, when `size` elements of `bytes_per_element` host
+/// bytes do not fit the memory the host has available (where it can tell), or overflow.
+pub fn check_host_memory(what: &str, size: usize, bytes_per_element: u64) -> Result<()> {
+    let need = (size as u64).checked_mul(bytes_per_element);
+    let available = available_memory();
+    match need {
+        Some(need) if available == 0 || need <= available => Ok(()),
+        _ => Err(Error::InvalidArgument(format!(
+            "{what} needs about {} of host memory; {} is available",
+            need.map_or("more than 2^64 bytes".into(), gib),
+            gib(available)
+        ))),
+    }
+}
+
+/// Bytes in GiB, for messages.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
 /// Host memory available now, in bytes (0 where the system does not say).
 pub fn available_memory() -> u64 {
     sysinfo::System::new().map_or(0, |mut system| {
@@ -585,6 +605,11 @@ impl BenchOptions {
             return Err(Error::InvalidArgument(
                 "nothing to measure: no optimizer, size or implementation".into(),
             ));
+        }
+        for &size in &self.sizes {
+            // The host's patterns of parameters and gradients and a CPU optimizer's
+            // parameters and state: at most 8 f32 per element.
+            check_host_memory(&format!("bench at {size} elements"), size, 32)?;
         }
         Ok(())
     }
