@@ -110,7 +110,7 @@ pub enum Error {
         source: wgpu::Error,
     },
     /// The device was lost (driver reset, removal, destroy).
-    #[error("GPU device lost: {0}")]
+    #[error("the GPU device was lost ({0}); every later call on it fails for that reason")]
     DeviceLost(String),
     /// Waiting for the GPU timed out. The work that was submitted still runs.
     #[error("timed out after {0:?} waiting for the GPU")]

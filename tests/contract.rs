@@ -334,3 +334,27 @@ fn layout_arithmetic_is_checked() {
         "absurd alignment"
     );
 }
+
+/// After the device is lost (here destroyed), every call says so, not what broke inside wgpu
+/// as a consequence.
+#[test]
+fn a_lost_device_is_named_in_every_later_error() {
+    let Some(gpu) = common::own_gpu() else { return };
+    let params = gpu.upload("p2", &[1.0; 256]).unwrap();
+    let grads = gpu.upload("g2", &[0.5; 256]).unwrap();
+    let mut opt = GpuOptimizer::new(&gpu, Adam::default(), &params, &grads).unwrap();
+    opt.step(&gpu).unwrap();
+    gpu.device().destroy();
+    for attempt in 0..3 {
+        let err = match attempt {
+            0 => opt.step(&gpu).unwrap_err(),
+            1 => opt.read_params(&gpu).unwrap_err(),
+            _ => gpu.upload("after", &[1.0; 4]).unwrap_err(),
+        };
+        assert!(
+            matches!(err, Error::DeviceLost(_)),
+            "attempt {attempt}: {err:?}"
+        );
+        assert!(err.to_string().contains("every later call"), "{err}");
+    }
+}

@@ -90,6 +90,10 @@ impl Gpu {
         let internal = pollster::block_on(internal.pop());
         let validation = pollster::block_on(validation.pop());
         let oom = pollster::block_on(oom.pop());
+        if oom.is_some() || validation.is_some() || internal.is_some() {
+            // A lost device makes every later call invalid: say that, not what broke.
+            self.check_lost()?;
+        }
         if let Some(source) = oom {
             return Err(Error::OutOfMemory {
                 context: context.to_string(),
@@ -103,6 +107,27 @@ impl Gpu {
             });
         }
         Ok(value)
+    }
+
+    /// Fails with [`Error::DeviceLost`] if the device was lost, polling it once so that a
+    /// loss wgpu has not yet reported is seen (for the error paths, where a loss is the
+    /// likeliest cause).
+    pub(super) fn check_lost(&self) -> Result<()> {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.device.poll(wgpu::PollType::Poll)));
+        let lost = self
+            .health
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match lost.clone() {
+            Some(reason) => Err(Error::DeviceLost(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// `error`, or [`Error::DeviceLost`] when the device was lost (the likelier cause).
+    pub(super) fn lost_or(&self, error: Error) -> Error {
+        self.check_lost().err().unwrap_or(error)
     }
 
     /// Fails if the device was lost or an error escaped every scope.

@@ -75,9 +75,11 @@ impl Gpu {
             });
             buffer
                 .get_mapped_range_mut(..)
-                .map_err(|e| Error::Mapping {
-                    what: label.to_string(),
-                    source: Box::new(e),
+                .map_err(|e| {
+                    self.lost_or(Error::Mapping {
+                        what: label.to_string(),
+                        source: Box::new(e),
+                    })
                 })?
                 .copy_from_slice(bytes);
             buffer.unmap();
@@ -165,9 +167,11 @@ impl Gpu {
             self.queue.submit([])
         })?;
         self.wait(index)?;
-        let readback = |source: Box<dyn std::error::Error + Send + Sync>| Error::Mapping {
-            what: "a buffer for readback".into(),
-            source,
+        let readback = |source: Box<dyn std::error::Error + Send + Sync>| {
+            self.lost_or(Error::Mapping {
+                what: "a buffer for readback".into(),
+                source,
+            })
         };
         // Another thread polling the same device may be the one to run the callback, a moment
         // after our wait returned: keep polling until it arrives or the timeout passes.
