@@ -128,3 +128,24 @@ fn an_unknown_backend_is_named_with_the_valid_ones() {
         "{text}"
     );
 }
+
+#[test]
+fn sizes_are_checked_against_a_capped_address_space_too() {
+    // Under `ulimit -v` an allocation past the cap aborted the process (exit 134).
+    let out = Command::new("prlimit")
+        .args(["--as=2000000000", env!("CARGO_BIN_EXE_fusedopt")])
+        .args([
+            "validate",
+            "--size",
+            "2^26",
+            "--optimizer",
+            "sgd",
+            "--steps",
+            "1",
+        ])
+        .output()
+        .expect("prlimit (util-linux) runs the command under a capped address space");
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("host memory"), "{text}");
+}

@@ -472,8 +472,36 @@ fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
-/// Host memory available now, in bytes (0 where the system does not say).
+/// Host memory available now, in bytes (0 where the system does not say): the system's, or
+/// less where the process's address space is capped (`ulimit -v`), whose room is what an
+/// allocation can get.
 pub fn available_memory() -> u64 {
+    let system = system_available_memory();
+    match address_space_room() {
+        Some(room) if system == 0 || room < system => room,
+        _ => system,
+    }
+}
+
+/// Room left under the process's address-space limit (Linux; `None` without a limit).
+fn address_space_room() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    let soft: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let used_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmSize:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(soft.saturating_sub(used_kib * 1024))
+}
+
+fn system_available_memory() -> u64 {
     sysinfo::System::new().map_or(0, |mut system| {
         system.refresh_memory();
         system.available_memory()
