@@ -67,23 +67,36 @@ impl Trajectory {
             message,
         };
         let mut file = std::fs::File::open(path.as_ref()).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let metadata = file.metadata().map_err(io)?;
+        if !metadata.is_file() {
+            // A pipe or a device: no size to check against; read it as it comes.
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(io)?;
+            return Self::parse(&path_str, &bytes);
+        }
+        let len = metadata.len();
+        let short = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                bad(format!("not a safetensors file: {len} bytes"))
+            }
+            _ => io(e),
+        };
         let mut prefix = [0u8; 8];
-        file.read_exact(&mut prefix)
-            .map_err(|_| bad(format!("not a safetensors file: {len} bytes")))?;
+        file.read_exact(&mut prefix).map_err(short)?;
         let header_len = u64::from_le_bytes(prefix);
-        if header_len > MAX_HEADER_BYTES || header_len > len - 8 {
+        if header_len > MAX_HEADER_BYTES || header_len > len.saturating_sub(8) {
             return Err(bad(format!(
                 "not a safetensors file: a header of {header_len} bytes in a file of {len}"
             )));
         }
         let mut header = vec![0u8; header_len as usize];
-        file.read_exact(&mut header).map_err(io)?;
+        file.read_exact(&mut header).map_err(short)?;
         let data = data_bytes(&header).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        if 8 + header_len + data != len {
+        let described = (8 + header_len).checked_add(data);
+        if described != Some(len) {
             return Err(bad(format!(
                 "the file is {len} bytes but its header describes {}",
-                8 + header_len + data
+                described.map_or("more than 2^64".into(), |d| d.to_string())
             )));
         }
         let mut bytes = prefix.to_vec();
@@ -394,7 +407,8 @@ impl Trajectory {
     }
 }
 
-/// Largest safetensors header a trajectory may have (its JSON: names, shapes, metadata).
+/// Largest safetensors header a trajectory may have (its JSON: names, shapes, metadata; far
+/// below the format's own 100 MB limit, and far above any trajectory's).
 const MAX_HEADER_BYTES: u64 = 1 << 24;
 
 /// Bytes of tensor data a safetensors header describes: the end of its last tensor.

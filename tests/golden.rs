@@ -258,5 +258,18 @@ fn a_huge_file_with_a_bad_header_is_refused_without_reading_it() {
     std::fs::write(&path, u64::MAX.to_le_bytes()).unwrap();
     let err = Trajectory::load(&path).unwrap_err().to_string();
     assert!(err.contains("a header of"), "{err}");
+    // Data offsets that would overflow the size sum.
+    let header =
+        br#"{"params0":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Trajectory::load(&path).unwrap_err().to_string();
+    assert!(err.contains("more than 2^64"), "{err}");
+    // Shorter than a header's length, and a folder: each its own error, no panic.
+    std::fs::write(&path, [1u8, 2, 3]).unwrap();
+    let err = Trajectory::load(&path).unwrap_err().to_string();
+    assert!(err.contains("3 bytes"), "{err}");
+    assert!(Trajectory::load(std::env::temp_dir()).is_err());
     std::fs::remove_file(path).ok();
 }

@@ -14,13 +14,15 @@ fn steps() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000)
+        .max(100)
 }
 
 /// Resident memory of this process in bytes (Linux), or `None`.
 fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[test]

@@ -139,7 +139,7 @@ struct ToleranceArgs {
     rtol: f64,
     /// Ask for bit-identical results: both tolerances zero (refused otherwise, where a zero
     /// tolerance is more likely a mistake).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["atol", "rtol"])]
     exact: bool,
 }
 
@@ -275,20 +275,20 @@ fn main() -> ExitCode {
             precisions,
             tolerance,
             launch,
-        }) => launch.gpu().and_then(|gpu| {
+        }) => (|| {
+            // What can be refused is refused before a device is made.
+            let tol = tolerance.tolerance()?;
+            // Parameters, gradients, state and master on the CPU side, and what is read back
+            // from the GPU: at most 16 f32 per element.
+            bench::check_host_memory(&format!("validate at {size} elements"), size, 64)?;
+            let gpu = launch.gpu()?;
             let precisions = if precisions.is_empty() {
                 Precision::ALL.to_vec()
             } else {
                 precisions
             };
-            validate(
-                &gpu,
-                &optimizers,
-                &precisions,
-                (size, steps, seed),
-                &tolerance.tolerance()?,
-            )
-        }),
+            validate(&gpu, &optimizers, &precisions, (size, steps, seed), &tol)
+        })(),
         Some(Command::Check {
             files,
             cpu_only,
@@ -575,9 +575,7 @@ fn validate(
             "nothing to validate: no step or no precision".into(),
         ));
     }
-    // Parameters, gradients, state and master on the CPU side, and what is read back from the
-    // GPU: at most 16 f32 per element.
-    bench::check_host_memory(&format!("validate at {size} elements"), size, 64)?;
+
     let shape = gpu.launch_shape();
     println!(
         "validate: GPU ({}; {} threads per workgroup, {} elements per invocation{}) against the CPU reference, {size} elements, {steps} steps, seed {seed}, \
