@@ -84,6 +84,24 @@ impl Twin {
     }
 }
 
+/// The CPU mirror of a model's groups: an optimizer per group in `precision`, with the range
+/// of the flat tensors it steps.
+fn cpu_groups(
+    layout: &ModelLayout,
+    configs: &[Optimizer],
+    precision: Precision,
+) -> Vec<(CpuOptimizer, std::ops::Range<usize>)> {
+    layout
+        .group_ranges()
+        .iter()
+        .zip(configs)
+        .map(|(&(s, n), c)| {
+            let opt = CpuOptimizer::with_precision(c.clone(), precision, n).unwrap();
+            (opt, s..s + n)
+        })
+        .collect()
+}
+
 /// Every optimizer with PyTorch's defaults, plus momentum for SGD.
 fn optimizers() -> Vec<Optimizer> {
     Optimizer::NAMES
@@ -205,12 +223,7 @@ fn a_model_steps_every_group_or_skips_every_group() {
     )
     .unwrap();
     let mut cpu_guard = CpuGuard::new(guard).unwrap();
-    let mut cpu: Vec<(CpuOptimizer, std::ops::Range<usize>)> = layout
-        .group_ranges()
-        .iter()
-        .zip(&configs)
-        .map(|(&(s, n), c)| (CpuOptimizer::new(c.clone(), n).unwrap(), s..s + n))
-        .collect();
+    let mut cpu = cpu_groups(&layout, &configs, Precision::F32);
     let mut cpu_params = start.clone();
     for t in 1..=12u64 {
         let scale = cpu_guard.state().scale;
@@ -322,15 +335,7 @@ fn a_model_in_bf16_with_a_master_matches_the_cpu_group_by_group() {
     )
     .unwrap();
     let mut cpu_guard = CpuGuard::new(guard).unwrap();
-    let mut cpu: Vec<(CpuOptimizer, std::ops::Range<usize>)> = layout
-        .group_ranges()
-        .iter()
-        .zip(&configs)
-        .map(|(&(s, n), c)| {
-            let opt = CpuOptimizer::with_precision(c.clone(), precision, n).unwrap();
-            (opt, s..s + n)
-        })
-        .collect();
+    let mut cpu = cpu_groups(&layout, &configs, precision);
     for t in 1..=6u64 {
         let scale = cpu_guard.state().scale;
         let mut g: Vec<f32> = problem.next_grad().iter().map(|g| g * scale).collect();

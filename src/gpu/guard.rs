@@ -10,13 +10,13 @@ use super::transfer::UNIFORM_STRIDE;
 use crate::error::{Error, Result};
 use crate::kernels::{
     Chunked, GUARD_CALLER_FOUND_BINDING, GUARD_CALLER_SCALE_BINDING, GUARD_GRADS_BINDING,
-    GUARD_PARTIALS_BINDING, GUARD_RANGE_BINDING, GUARD_SETTINGS_BINDING, GUARD_STATE_BINDING, Grid,
-    GuardStage, Kernel, LaunchShape, elements,
+    GUARD_PARTIALS_BINDING, GUARD_RANGE_BINDING, GUARD_SETTINGS_BINDING, GUARD_STATE_BINDING,
+    GUARD_STATE_SIZE, Grid, GuardStage, Kernel, LaunchShape, elements,
 };
 use crate::optim::{GUARD_BLOCK, Guard, HalfFormat, ScalerState, initial_scaler_state};
 
 /// Words of the device's `GuardState` (`shaders/guard.wgsl`).
-const STATE_WORDS: usize = 12;
+const STATE_WORDS: usize = GUARD_STATE_SIZE as usize / 4;
 
 /// The guard's state as the host reads it back.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -300,14 +300,7 @@ impl GradGuard {
     /// nothing.
     pub fn restore(&self, gpu: &Gpu, state: ScalerState) -> Result<()> {
         self.check_device(gpu)?;
-        if !(state.scale.is_finite() && state.scale > 0.0) {
-            return Err(Error::InvalidHyperparameter {
-                optimizer: "guard",
-                name: "scale",
-                value: f64::from(state.scale),
-                requirement: "must be a positive finite f32",
-            });
-        }
+        state.validate()?;
         let words = [state.scale, f32::from_bits(state.growth_tracker)];
         gpu.write(&self.inner.state, 0, &words)
     }

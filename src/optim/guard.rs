@@ -211,6 +211,18 @@ pub struct ScalerState {
     pub growth_tracker: u32,
 }
 
+impl ScalerState {
+    /// Fails unless the scale is a positive finite number (a restored state's check).
+    pub fn validate(&self) -> Result<()> {
+        check(
+            "scale",
+            f64::from(self.scale),
+            self.scale.is_finite() && self.scale > 0.0,
+            "must be a positive finite f32",
+        )
+    }
+}
+
 /// What the pre-pass decided for one step, as the step applies it: the gradient the optimizer
 /// sees is `(g * unscale) * clip`, and nothing changes when `skip` is set.
 #[derive(Clone, Copy, Debug, PartialEq)]

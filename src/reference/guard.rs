@@ -45,14 +45,7 @@ impl CpuGuard {
     /// Sets the scale and the count of clean steps (`GradScaler.load_state_dict`); an error
     /// for a scale that is not a positive finite number, changing nothing.
     pub fn restore(&mut self, state: ScalerState) -> Result<()> {
-        if !(state.scale.is_finite() && state.scale > 0.0) {
-            return Err(crate::Error::InvalidHyperparameter {
-                optimizer: "guard",
-                name: "scale",
-                value: f64::from(state.scale),
-                requirement: "must be a positive finite f32",
-            });
-        }
+        state.validate()?;
         self.state = state;
         Ok(())
     }
