@@ -1,7 +1,7 @@
 //! Adadelta: step sizes from running averages of squared gradients and squared updates.
 
 use super::{
-    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperFields,
     non_negative, require, uniform_layout,
 };
 use crate::error::{Error, Result};
@@ -116,7 +116,7 @@ impl Rule for Adadelta {
         Adadelta::validate(self)
     }
 
-    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+    fn torch_fields(&mut self, h: &mut dyn HyperFields) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.number("rho", &mut self.rho)?;
         h.number("eps", &mut self.eps)?;

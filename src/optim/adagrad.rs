@@ -1,7 +1,7 @@
 //! Adagrad: per-coordinate step sizes from the running sum of squared gradients.
 
 use super::{
-    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperFields,
     non_negative, pairs, uniform_layout,
 };
 use crate::error::Result;
@@ -112,7 +112,7 @@ impl Rule for Adagrad {
         Adagrad::validate(self)
     }
 
-    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+    fn torch_fields(&mut self, h: &mut dyn HyperFields) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.number("lr_decay", &mut self.lr_decay)?;
         h.number("weight_decay", &mut self.weight_decay)?;

@@ -1,7 +1,7 @@
 //! Adam, with AMSGrad and with coupled (L2) or decoupled (AdamW) weight decay.
 
 use super::{
-    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperFields,
     in_unit_interval, non_negative, pairs, uniform_layout,
 };
 use crate::error::Result;
@@ -162,7 +162,7 @@ impl Rule for Adam {
         Adam::validate(self)
     }
 
-    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+    fn torch_fields(&mut self, h: &mut dyn HyperFields) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.pair("betas", &mut self.betas)?;
         h.number("eps", &mut self.eps)?;

@@ -131,10 +131,22 @@ impl Optimizer {
     pub fn from_torch(name: &str, hyper: &serde_json::Value) -> Result<Self> {
         let mut opt = Self::default_for(name)?;
         let mut reader = hyper::HyperReader::new(opt.name(), hyper)?;
-        opt.rule_mut().read_torch(&mut reader)?;
+        opt.rule_mut().torch_fields(&mut reader)?;
         reader.finish()?;
         opt.validate()?;
         Ok(opt)
+    }
+
+    /// PyTorch's keyword arguments of this configuration, as a JSON object that
+    /// [`Optimizer::from_torch`] reads back to the same configuration (fusedopt's own options,
+    /// such as `eps_in_sqrt`, included).
+    pub fn to_torch(&self) -> serde_json::Value {
+        let mut writer = hyper::HyperWriter::default();
+        self.clone()
+            .rule_mut()
+            .torch_fields(&mut writer)
+            .expect("writing a field cannot fail");
+        serde_json::Value::Object(writer.map)
     }
 
     /// PyTorch's lower-case class name (`adamw` for decoupled Adam).
@@ -314,5 +326,29 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), kernels.len(), "kernel names are unique");
+    }
+
+    /// Every option set survives the trip through PyTorch's keyword arguments and JSON text
+    /// exactly (a checkpoint's hyperparameters), including values with no short decimal form.
+    #[test]
+    fn keyword_arguments_read_back_to_the_same_configuration() {
+        for name in Optimizer::NAMES {
+            let preset = Optimizer::default_for(name).unwrap();
+            let mut configs = preset.variants();
+            configs.push(preset.clone());
+            for config in configs {
+                let text = config.to_torch().to_string();
+                let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(Optimizer::from_torch(name, &json).unwrap(), config, "{text}");
+            }
+        }
+        let odd = Adam {
+            lr: 0.1 + 0.2,
+            betas: (1.0 - f64::EPSILON, 0.999_999_999_999_9),
+            ..Adam::adamw()
+        };
+        let text = Optimizer::from(odd.clone()).to_torch().to_string();
+        let back = Optimizer::from_torch("adamw", &serde_json::from_str(&text).unwrap());
+        assert_eq!(back.unwrap(), odd.into());
     }
 }

@@ -1,7 +1,7 @@
 //! RMSprop: plain, centered, and with momentum.
 
 use super::{
-    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperFields,
     non_negative, pairs, uniform_layout,
 };
 use crate::error::Result;
@@ -134,7 +134,7 @@ impl Rule for Rmsprop {
         Rmsprop::validate(self)
     }
 
-    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+    fn torch_fields(&mut self, h: &mut dyn HyperFields) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.number("alpha", &mut self.alpha)?;
         h.number("eps", &mut self.eps)?;

@@ -6,7 +6,7 @@
 use std::fmt::Debug;
 
 use super::Optimizer;
-use super::hyper::HyperReader;
+use super::hyper::HyperFields;
 use crate::error::Result;
 
 /// An optimizer's kernel as the host binds it: `shaders/<name>.wgsl`, compiled after
@@ -56,8 +56,9 @@ pub(crate) trait Rule: Debug + Send + Sync {
     fn lr(&self) -> f64;
     /// Rejects what PyTorch's constructor rejects.
     fn validate(&self) -> Result<()>;
-    /// Reads PyTorch's keyword arguments (the keys this optimizer knows).
-    fn read_torch(&mut self, reader: &mut HyperReader<'_>) -> Result<()>;
+    /// Hands each of its PyTorch keyword arguments to `fields`, by PyTorch's name: a reader
+    /// sets the field from a JSON object, a writer copies it out, so the names are typed once.
+    fn torch_fields(&mut self, fields: &mut dyn HyperFields) -> Result<()>;
     /// The options that differ from the defaults, for tables (`momentum=0.9,nesterov`).
     fn describe(&self) -> String;
     /// The kernel that runs this optimizer.

@@ -1,7 +1,7 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov momentum.
 
 use super::{
-    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperReader,
+    KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperFields,
     non_negative, pairs, uniform_layout,
 };
 use crate::error::{Error, Result};
@@ -134,7 +134,7 @@ impl Rule for Sgd {
         Sgd::validate(self)
     }
 
-    fn read_torch(&mut self, h: &mut HyperReader<'_>) -> Result<()> {
+    fn torch_fields(&mut self, h: &mut dyn HyperFields) -> Result<()> {
         h.number("lr", &mut self.lr)?;
         h.number("momentum", &mut self.momentum)?;
         h.number("dampening", &mut self.dampening)?;
