@@ -132,6 +132,16 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A checkpoint that cannot be read or does not fit the optimizer it is restored into:
+    /// truncated, corrupt, foreign, of another format version, or saved from another
+    /// optimizer, option set, precision or layout. Nothing was changed.
+    #[error("checkpoint {origin}: {message}")]
+    Checkpoint {
+        /// The file (or `memory`).
+        origin: String,
+        /// What is wrong or differs.
+        message: String,
+    },
     /// An I/O error, with the path it concerns.
     #[error("{path}")]
     Io {

@@ -9,6 +9,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::compare::{ErrorStats, Tolerance};
 use crate::error::{Error, Result};
+use crate::files::read_safetensors;
 use crate::gpu::{BufferRange, Gpu, GpuOptimizer, Piece};
 use crate::optim::{Guard, GuardOutcome, HalfFormat, LossScaler, Optimizer, Precision};
 use crate::reference::{CpuGuard, CpuOptimizer};
@@ -56,52 +57,11 @@ impl Trajectory {
     /// memory: a file whose size is not the one its header describes is refused before the
     /// rest of it is read.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        use std::io::Read;
         let path_str = path.as_ref().display().to_string();
-        let io = |source| Error::Io {
-            path: path_str.clone(),
-            source,
-        };
-        let bad = |message: String| Error::Golden {
+        let bytes = read_safetensors(path.as_ref(), |message| Error::Golden {
             path: path_str.clone(),
             message,
-        };
-        let mut file = std::fs::File::open(path.as_ref()).map_err(io)?;
-        let metadata = file.metadata().map_err(io)?;
-        if !metadata.is_file() {
-            // A pipe or a device: no size to check against; read it as it comes.
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes).map_err(io)?;
-            return Self::parse(&path_str, &bytes);
-        }
-        let len = metadata.len();
-        let short = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                bad(format!("not a safetensors file: {len} bytes"))
-            }
-            _ => io(e),
-        };
-        let mut prefix = [0u8; 8];
-        file.read_exact(&mut prefix).map_err(short)?;
-        let header_len = u64::from_le_bytes(prefix);
-        if header_len > MAX_HEADER_BYTES || header_len > len.saturating_sub(8) {
-            return Err(bad(format!(
-                "not a safetensors file: a header of {header_len} bytes in a file of {len}"
-            )));
-        }
-        let mut header = vec![0u8; header_len as usize];
-        file.read_exact(&mut header).map_err(short)?;
-        let data = data_bytes(&header).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let described = (8 + header_len).checked_add(data);
-        if described != Some(len) {
-            return Err(bad(format!(
-                "the file is {len} bytes but its header describes {}",
-                described.map_or("more than 2^64".into(), |d| d.to_string())
-            )));
-        }
-        let mut bytes = prefix.to_vec();
-        bytes.append(&mut header);
-        file.read_to_end(&mut bytes).map_err(io)?;
+        })?;
         Self::parse(&path_str, &bytes)
     }
 
@@ -405,27 +365,6 @@ impl Trajectory {
         }
         Ok(stats)
     }
-}
-
-/// Largest safetensors header a trajectory may have (its JSON: names, shapes, metadata; far
-/// below the format's own 100 MB limit, and far above any trajectory's).
-const MAX_HEADER_BYTES: u64 = 1 << 24;
-
-/// Bytes of tensor data a safetensors header describes: the end of its last tensor.
-fn data_bytes(header: &[u8]) -> std::result::Result<u64, String> {
-    let json: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
-    let map = json.as_object().ok_or("the header is not a JSON object")?;
-    let mut end = 0u64;
-    for (name, tensor) in map.iter().filter(|(k, _)| *k != "__metadata__") {
-        let offsets = tensor
-            .get("data_offsets")
-            .and_then(|o| o.as_array())
-            .and_then(|o| o.get(1))
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| format!("tensor `{name}` has no data offsets"))?;
-        end = end.max(offsets);
-    }
-    Ok(end)
 }
 
 /// Format 2's loss scaler (`grad_scaler`, JSON) and clip (`max_grad_norm`).

@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod compare;
 mod error;
+pub mod files;
 pub mod golden;
 pub mod gpu;
 pub mod kernels;
@@ -12,6 +14,7 @@ pub mod reference;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use checkpoint::Checkpoint;
 pub use compare::{ErrorStats, Tolerance};
 pub use error::{Error, Result};
 pub use gpu::{

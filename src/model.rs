@@ -219,6 +219,9 @@ pub struct ModelOptimizer {
     groups: Vec<GpuOptimizer>,
     /// The index in the layout of each of `groups`.
     indices: Vec<usize>,
+    /// Every group's configuration, empty groups included.
+    configs: Vec<Optimizer>,
+    precision: Precision,
 }
 
 impl ModelOptimizer {
@@ -331,12 +334,35 @@ impl ModelOptimizer {
             layout,
             groups,
             indices,
+            configs: configs.to_vec(),
+            precision,
         })
     }
 
     /// The layout.
     pub fn layout(&self) -> &ModelLayout {
         &self.layout
+    }
+
+    /// Every group's configuration (one per group of the layout, empty groups included).
+    pub fn configs(&self) -> &[Optimizer] {
+        &self.configs
+    }
+
+    /// The storage precision of every group.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The index in the layout of each of [`Self::groups`].
+    pub fn group_indices(&self) -> &[usize] {
+        &self.indices
+    }
+
+    /// The optimizer of each non-empty group, in group order, mutable (a checkpoint restores
+    /// each one's state and count).
+    pub(crate) fn groups_mut(&mut self) -> &mut [GpuOptimizer] {
+        &mut self.groups
     }
 
     /// The optimizer of each non-empty group, in group order.

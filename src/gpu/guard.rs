@@ -37,6 +37,16 @@ pub struct GuardReport {
     pub steps: u32,
 }
 
+impl GuardReport {
+    /// The scaler's state, as [`GradGuard::restore`] takes it back.
+    pub fn scaler_state(&self) -> ScalerState {
+        ScalerState {
+            scale: self.scale,
+            growth_tracker: self.growth_tracker,
+        }
+    }
+}
+
 /// The loss scaler and norm clip of one model's step, on the device. Made by the optimizer it
 /// guards ([`crate::GpuOptimizer::with_guard`], [`crate::ModelOptimizer::with_precision`]), which
 /// runs it before every step; cloning shares it.

@@ -700,6 +700,58 @@ impl GpuOptimizer {
             })
             .collect()
     }
+    /// Sets every state tensor (all pieces, in order) by PyTorch's state name, as
+    /// [`Self::read_state`] gives them, rounded to nearest even where the state is 16-bit
+    /// (exact for values of the format). Each tensor this configuration keeps must be given
+    /// once, with one value per parameter; an error otherwise, writing nothing. The writes are
+    /// ordered after the work submitted before and before the next submission.
+    pub fn write_state(&self, gpu: &Gpu, state: &[(&str, &[f32])]) -> Result<()> {
+        self.check_device(gpu)?;
+        let slots: Vec<&str> = self
+            .pieces
+            .first()
+            .map(|p| p.state.iter().map(|(slot, _)| slot.name).collect())
+            .unwrap_or_default();
+        let mut given: Vec<&str> = state.iter().map(|(name, _)| *name).collect();
+        given.sort_unstable();
+        let mut wanted = slots.clone();
+        wanted.sort_unstable();
+        if given != wanted {
+            return Err(Error::InvalidSetting {
+                what: "optimizer state".into(),
+                message: format!(
+                    "the {} optimizer keeps {wanted:?}, got {given:?}",
+                    self.config.name()
+                ),
+            });
+        }
+        for (name, values) in state {
+            if values.len() != self.len {
+                return Err(Error::LengthMismatch {
+                    what: format!("state {name}"),
+                    expected: self.len,
+                    got: values.len(),
+                });
+            }
+        }
+        for (name, values) in state {
+            let k = slots.iter().position(|s| s == name).unwrap_or_default();
+            let mut rest = *values;
+            for piece in &self.pieces {
+                let (head, tail) = rest.split_at(piece.len);
+                let buffer = &piece.state[k].1;
+                match (self.precision, self.precision.half_format()) {
+                    (Precision::Half(_), Some(format)) => {
+                        let bits: Vec<u16> = head.iter().map(|&v| format.round(v)).collect();
+                        gpu.write_half(buffer, 0, &bits)?;
+                    }
+                    _ => gpu.write(buffer, 0, head)?,
+                }
+                rest = tail;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A state tensor of `len` elements in `precision`'s state storage, every element `init`

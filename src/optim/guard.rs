@@ -77,6 +77,17 @@ impl LossScaler {
         )
     }
 
+    /// The settings as a JSON object of GradScaler's argument names, which
+    /// [`Self::from_json`] reads back.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "init_scale": self.init_scale,
+            "growth_factor": self.growth_factor,
+            "backoff_factor": self.backoff_factor,
+            "growth_interval": self.growth_interval,
+        })
+    }
+
     /// Reads the JSON object of a reference trajectory's `grad_scaler` key (GradScaler's
     /// argument names; a missing key keeps PyTorch's default, an unknown one is an error).
     pub fn from_json(value: &Value) -> Result<Self> {

@@ -339,7 +339,11 @@ mod tests {
             for config in configs {
                 let text = config.to_torch().to_string();
                 let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(Optimizer::from_torch(name, &json).unwrap(), config, "{text}");
+                assert_eq!(
+                    Optimizer::from_torch(name, &json).unwrap(),
+                    config,
+                    "{text}"
+                );
             }
         }
         let odd = Adam {

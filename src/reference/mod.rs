@@ -172,6 +172,15 @@ impl CpuOptimizer {
             .collect()
     }
 
+    /// The state tensors, mutable, by PyTorch's state name (a checkpoint restores them).
+    pub(crate) fn state_mut(&mut self) -> Vec<(&'static str, &mut [f32])> {
+        self.state
+            .iter_mut()
+            .flatten()
+            .map(|(slot, a)| (slot.name, a.as_mut_slice()))
+            .collect()
+    }
+
     /// One step at the configured learning rate.
     pub fn step(
         &mut self,

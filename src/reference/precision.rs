@@ -50,6 +50,12 @@ impl CpuOptimizer {
         Ok(())
     }
 
+    /// Drops the master copy: the next step starts it from the parameters, as a fresh
+    /// optimizer does (a checkpoint taken before the first step has none).
+    pub(crate) fn clear_master(&mut self) {
+        self.master = None;
+    }
+
     /// One step at learning rate `lr` on 16-bit parameters and gradients (the bits of the
     /// precision's format). A master copy starts as the parameters widened.
     pub fn step_half(&mut self, params: &mut [u16], grads: &[u16], lr: f64) -> Result<()> {
