@@ -19,17 +19,29 @@
 //! second moment of gradients this small underflows f16 and the run diverges; `f16-master`
 //! is how f16 is trained.)
 //!
+//! With `--save DIR` the run checkpoints into `DIR/checkpoint.safetensors` at the end (and
+//! every `--save-every K` steps): fusedopt's optimizer state with the model's weights and the
+//! step reached, in one file replaced atomically; `--resume DIR` continues from it, and
+//! `--steps N` says where the run ends. A run resumed halfway prints the same `final loss`,
+//! to the last bit, as one that never stopped.
+//!
 //! ```sh
 //! cargo run --release --example train_mlp
 //! cargo run --release --example train_mlp -- --precision bf16-master --clip 1.0
+//! cargo run --release --example train_mlp -- --steps 300 --save /tmp/mlp
+//! cargo run --release --example train_mlp -- --steps 600 --resume /tmp/mlp
 //! ```
 
 use std::error::Error;
 use std::num::NonZeroU64;
 
+use std::path::PathBuf;
+
+use fusedopt::checkpoint::Tensor;
 use fusedopt::model::decay_group;
 use fusedopt::{
-    Adam, BufferRange, Gpu, Guard, LossScaler, ModelLayout, ModelOptimizer, Precision, TensorSpec,
+    Adam, BufferRange, Checkpoint, Gpu, Guard, LossScaler, ModelLayout, ModelOptimizer, Precision,
+    TensorSpec,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -37,7 +49,10 @@ use rand::{Rng, SeedableRng};
 const BATCH: u32 = 256;
 const INPUTS: u32 = 8;
 const HIDDEN: u32 = 64;
-const ITERATIONS: usize = 600;
+/// Steps of a run unless `--steps` says otherwise.
+const STEPS: u64 = 600;
+/// The checkpoint's file in the `--save` and `--resume` folders.
+const CHECKPOINT: &str = "checkpoint.safetensors";
 
 /// The function the network learns.
 fn teacher(x: &[f32]) -> f32 {
@@ -79,24 +94,54 @@ fn own_device() -> Result<(wgpu::Device, wgpu::Queue), Box<dyn Error>> {
     Ok(pollster::block_on(adapter.request_device(&descriptor))?)
 }
 
-/// The command line: `--precision P` and `--clip X`.
-fn options() -> Result<(Precision, Option<f64>), Box<dyn Error>> {
-    let mut precision = Precision::F32;
-    let mut clip = None;
+/// The command line.
+struct Options {
+    precision: Precision,
+    clip: Option<f64>,
+    /// The step the run ends at.
+    steps: u64,
+    save: Option<PathBuf>,
+    save_every: Option<u64>,
+    resume: Option<PathBuf>,
+}
+
+fn options() -> Result<Options, Box<dyn Error>> {
+    let mut o = Options {
+        precision: Precision::F32,
+        clip: None,
+        steps: STEPS,
+        save: None,
+        save_every: None,
+        resume: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "--precision" => precision = value()?.parse()?,
-            "--clip" => clip = Some(value()?.parse()?),
+            "--precision" => o.precision = value()?.parse()?,
+            "--clip" => o.clip = Some(value()?.parse()?),
+            "--steps" => o.steps = value()?.parse()?,
+            "--save" => o.save = Some(value()?.into()),
+            "--save-every" => o.save_every = Some(value()?.parse()?).filter(|&k| k > 0),
+            "--resume" => o.resume = Some(value()?.into()),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    Ok((precision, clip))
+    if o.save_every.is_some() && o.save.is_none() {
+        return Err("--save-every needs --save DIR".into());
+    }
+    Ok(o)
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let (precision, clip) = options()?;
+    let Options {
+        precision,
+        clip,
+        steps,
+        save,
+        save_every,
+        resume,
+    } = options()?;
     let half = precision.half_format();
     let (device, queue) = own_device()?;
     // fusedopt works on the pipeline's device; it creates no device of its own.
@@ -325,10 +370,42 @@ fn main() -> Result<(), Box<dyn Error>> {
         entries: &bind_entries,
     });
 
-    let mut first = None;
-    let mut last = f32::NAN;
-    for iteration in 0..=ITERATIONS {
-        // Forward, backward and the optimizer step in one encoder, one submit.
+    // The model's weights as the optimizer steps them: f32, or the 16-bit buffer.
+    let stored = if half.is_some() { &params16 } else { &params };
+    let mut step = 0;
+    if let Some(dir) = &resume {
+        let checkpoint = Checkpoint::load(dir.join(CHECKPOINT))?;
+        optimizer.restore(&gpu, &checkpoint)?;
+        let weights = checkpoint
+            .tensor("model")
+            .ok_or("the checkpoint holds no `model` weights")?;
+        match half {
+            Some(_) => gpu.write_half(stored, 0, &weights.bits())?,
+            None => gpu.write(stored, 0, &weights.to_f32())?,
+        }
+        step = checkpoint
+            .note("step")
+            .ok_or("the checkpoint holds no `step`")?
+            .parse()?;
+        println!("resumed at step {step} from {}", dir.display());
+    }
+    let save_to = |dir: &PathBuf, optimizer: &mut ModelOptimizer, step: u64| {
+        let mut checkpoint = optimizer.checkpoint(&gpu)?;
+        let len = layout.len();
+        let weights = match half {
+            Some(format) => Tensor::half(format, &[len], &gpu.download_half(stored, 0, len)?)?,
+            None => Tensor::f32(&[len], &gpu.download(stored, 0, len)?)?,
+        };
+        checkpoint.insert("model", weights)?;
+        checkpoint.set_note("step", step.to_string());
+        std::fs::create_dir_all(dir)?;
+        checkpoint.save(dir.join(CHECKPOINT))?;
+        Ok::<_, Box<dyn Error>>(())
+    };
+
+    // One forward and backward pass, then (with `with_step`) the optimizer step, in one
+    // encoder and one submit; the returned loss is the forward pass's, before the step.
+    let run = |optimizer: &mut ModelOptimizer, with_step: bool| {
         let mut encoder = device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -338,38 +415,63 @@ fn main() -> Result<(), Box<dyn Error>> {
                 pass.dispatch_workgroups(invocations.div_ceil(64), 1, 1);
             }
         }
-        optimizer.record_step(&gpu, &mut encoder)?;
-        queue.submit([encoder.finish()]);
-        if iteration % 100 == 0 {
-            // The loss of the forward pass just run (before this iteration's step).
-            let loss: f32 = gpu.download(&loss_buf, 0, BATCH as usize)?.iter().sum();
-            println!("iteration {iteration:>4}  loss {loss:.6}");
-            first.get_or_insert(loss);
-            last = loss;
+        if with_step {
+            optimizer.record_step(&gpu, &mut encoder)?;
         }
+        queue.submit([encoder.finish()]);
+        Ok::<_, fusedopt::Error>(())
+    };
+    let loss = || -> Result<f32, fusedopt::Error> {
+        Ok(gpu.download(&loss_buf, 0, BATCH as usize)?.iter().sum())
+    };
+    let mut first = None;
+    let start = step;
+    while step < steps {
+        run(&mut optimizer, true)?;
+        if step % 100 == 0 {
+            let loss = loss()?;
+            println!("step {step:>4}  loss {loss:.6}");
+            first.get_or_insert(loss);
+        }
+        step += 1;
+        if let (Some(dir), Some(k)) = (&save, save_every)
+            && step % k == 0
+            && step < steps
+        {
+            save_to(dir, &mut optimizer, step)?;
+        }
+    }
+    // The loss of the final weights: a forward pass without a step.
+    run(&mut optimizer, false)?;
+    let final_loss = loss()?;
+    if let Some(dir) = &save {
+        save_to(dir, &mut optimizer, step)?;
+        println!("saved step {step} to {}", dir.join(CHECKPOINT).display());
     }
     let first = first.unwrap_or(f32::NAN);
     if let Some(guard) = optimizer.guard() {
         let report = guard.read(&gpu)?;
         let taken = optimizer.read_step_counts(&gpu)?[0];
-        let recorded = ITERATIONS as u64 + 1;
         println!(
-            "{precision}: {taken} of {recorded} steps taken ({} skipped on overflow), loss scale \
+            "{precision}: {taken} of {step} steps taken ({} skipped on overflow), loss scale \
              {}, last gradient norm {:.3e}",
-            recorded - taken,
+            step - taken,
             report.scale,
             report.norm
         );
     }
     println!(
-        "loss {first:.3e} -> {last:.3e} ({:.0}x lower) in {ITERATIONS} steps, {} dispatches per step",
-        first / last,
+        "loss {first:.3e} -> {final_loss:.3e} ({:.0}x lower) in steps {start}..{step}, {} \
+         dispatches per step",
+        first / final_loss,
         passes.len() + optimizer.dispatches_per_step()
     );
-    // NaN fails too: a diverged run must not pass.
-    let fell_tenfold = last.is_finite() && last < first / 10.0;
-    if !fell_tenfold {
-        return Err(format!("the loss did not fall tenfold: {first} -> {last}").into());
+    // Every digit, so that two runs compare to the last bit.
+    println!("final loss {final_loss:.9e}");
+    // A run from step 0 must learn; NaN fails too. (A resumed one starts low already.)
+    let fell_tenfold = final_loss.is_finite() && final_loss < first / 10.0;
+    if start == 0 && !fell_tenfold {
+        return Err(format!("the loss did not fall tenfold: {first} -> {final_loss}").into());
     }
     Ok(())
 }

@@ -623,6 +623,7 @@ fn small_checkpoint() -> Checkpoint {
     saved
         .insert("model.weight", Tensor::f32(&[517], &run.params).unwrap())
         .unwrap();
+    saved.set_note("epoch", "3");
     saved
 }
 
@@ -639,6 +640,7 @@ fn a_checkpoint_reads_back_whole_with_the_callers_tensors() {
     assert_eq!(loaded.precision(), saved.precision());
     assert_eq!(loaded.layout(), saved.layout());
     assert_eq!(loaded.fusedopt_version(), env!("CARGO_PKG_VERSION"));
+    assert_eq!(loaded.note("epoch"), Some("3"));
     assert!(
         saved
             .clone()

@@ -1,12 +1,18 @@
-//! The trajectory reader against many mutated files (a fixed seed, so a failure repeats):
-//! flipped bytes, truncations, header lengths and JSON edits, shapes and dtypes changed. No
-//! input may panic; each is read or refused with an error. `FUSEDOPT_FUZZ_CASES` raises the
-//! count (default 3,000 per file, a few seconds).
+//! The trajectory and checkpoint readers against many mutated files (a fixed seed, so a
+//! failure repeats): flipped bytes, truncations, header lengths and JSON edits, shapes and
+//! dtypes changed. No input may panic; each is read or refused with an error, and a checkpoint
+//! that is read is restored into a live optimizer without a panic either.
+//! `FUSEDOPT_FUZZ_CASES` raises the count (default 3,000 per file, a few seconds).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use fusedopt::checkpoint::Tensor;
 use fusedopt::golden::Trajectory;
 use fusedopt::testing::golden_files;
+use fusedopt::{
+    Adam, Checkpoint, CpuGuard, CpuOptimizer, Guard, HalfFormat, LossScaler, Optimizer, Precision,
+    Rmsprop, Sgd,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -87,34 +93,24 @@ fn mutate(bytes: &[u8], rng: &mut StdRng) -> Vec<u8> {
     out
 }
 
-#[test]
-fn mutated_trajectories_are_read_or_refused_never_a_panic() {
+/// Every mutation of every file through `read` (`case` picks the path through the reader):
+/// `Ok(true)` read, `Ok(false)` refused; a panic fails, keeping the input. Most mutations
+/// must be refused, so that they do reach the checks.
+fn fuzz(files: &[(String, Vec<u8>)], read: impl Fn(usize, &[u8]) -> bool) {
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut refused = 0;
     let mut total = 0;
-    let scratch =
-        std::env::temp_dir().join(format!("fusedopt-fuzz-{}.safetensors", std::process::id()));
-    for file in golden_files() {
-        let bytes = std::fs::read(&file).unwrap();
+    for (name, bytes) in files {
         for case in 0..cases() {
-            let mutated = mutate(&bytes, &mut rng);
-            // Every 16th through the file reader, which checks the header before the rest.
-            let read = catch_unwind(AssertUnwindSafe(|| match case % 16 {
-                0 => {
-                    std::fs::write(&scratch, &mutated).unwrap();
-                    Trajectory::load(&scratch)
-                }
-                _ => Trajectory::parse("fuzz", &mutated),
-            }));
-            match read {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => refused += 1,
+            let mutated = mutate(bytes, &mut rng);
+            match catch_unwind(AssertUnwindSafe(|| read(case, &mutated))) {
+                Ok(true) => {}
+                Ok(false) => refused += 1,
                 Err(_) => {
                     let kept = std::env::temp_dir().join("fusedopt-fuzz-panic.safetensors");
                     std::fs::write(&kept, &mutated).unwrap();
                     panic!(
-                        "a mutation of {} panicked the reader (kept in {})",
-                        file.display(),
+                        "a mutation of {name} panicked the reader (kept in {})",
                         kept.display()
                     );
                 }
@@ -122,7 +118,126 @@ fn mutated_trajectories_are_read_or_refused_never_a_panic() {
             total += 1;
         }
     }
-    std::fs::remove_file(scratch).ok();
-    // The mutations do reach the checks: most are refused.
     assert!(refused > total / 2, "{refused} of {total} refused");
+}
+
+/// Where a case goes through a file reader (every 16th), which checks the header before the
+/// rest.
+fn scratch(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "fusedopt-fuzz-{name}-{}.safetensors",
+        std::process::id()
+    ))
+}
+
+#[test]
+fn mutated_trajectories_are_read_or_refused_never_a_panic() {
+    let files: Vec<(String, Vec<u8>)> = golden_files()
+        .into_iter()
+        .map(|f| (f.display().to_string(), std::fs::read(&f).unwrap()))
+        .collect();
+    let path = scratch("trajectory");
+    fuzz(&files, |case, bytes| {
+        match case % 16 {
+            0 => {
+                std::fs::write(&path, bytes).unwrap();
+                Trajectory::load(&path)
+            }
+            _ => Trajectory::parse("fuzz", bytes),
+        }
+        .is_ok()
+    });
+    std::fs::remove_file(path).ok();
+}
+
+/// Checkpoints of every kind the CPU takes: each optimizer's fullest state, f32 and 16-bit
+/// state, a master, a guard, the caller's tensors and notes.
+fn checkpoints() -> Vec<(String, CpuOptimizer, Option<CpuGuard>, Vec<u8>)> {
+    let guard = Guard {
+        scaler: Some(LossScaler::default()),
+        max_norm: Some(1.0),
+        caller_scale: false,
+    };
+    let cases: Vec<(Optimizer, Precision, Option<Guard>)> = vec![
+        (
+            Adam {
+                amsgrad: true,
+                ..Adam::adamw()
+            }
+            .into(),
+            Precision::Master(HalfFormat::Bf16),
+            Some(guard),
+        ),
+        (
+            Sgd {
+                momentum: 0.9,
+                ..Sgd::default()
+            }
+            .into(),
+            Precision::F32,
+            None,
+        ),
+        (
+            Rmsprop {
+                centered: true,
+                momentum: 0.5,
+                ..Rmsprop::default()
+            }
+            .into(),
+            Precision::Half(HalfFormat::F16),
+            Some(guard),
+        ),
+        (
+            Optimizer::default_for("adadelta").unwrap(),
+            Precision::Stochastic { seed: 3 },
+            None,
+        ),
+        (
+            Optimizer::default_for("adagrad").unwrap(),
+            Precision::F32,
+            None,
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(config, precision, guard)| {
+            let name = format!("{} {precision}", config.describe());
+            let opt = CpuOptimizer::with_precision(config, precision, 33).unwrap();
+            let guard = guard.map(|g| CpuGuard::new(g).unwrap());
+            let mut checkpoint = opt.checkpoint(guard.as_ref()).unwrap();
+            checkpoint
+                .insert("model", Tensor::f32(&[3, 11], &[0.5; 33]).unwrap())
+                .unwrap();
+            checkpoint.set_note("step", "12");
+            let bytes = checkpoint.to_bytes().unwrap();
+            (name, opt, guard, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn mutated_checkpoints_are_read_or_refused_and_restored_never_a_panic() {
+    let made = checkpoints();
+    let files: Vec<(String, Vec<u8>)> = made
+        .iter()
+        .map(|(name, _, _, bytes)| (name.clone(), bytes.clone()))
+        .collect();
+    let path = scratch("checkpoint");
+    fuzz(&files, |case, bytes| {
+        let read = match case % 16 {
+            0 => {
+                std::fs::write(&path, bytes).unwrap();
+                Checkpoint::load(&path)
+            }
+            _ => Checkpoint::parse("fuzz", bytes),
+        };
+        let Ok(checkpoint) = read else { return false };
+        // What is read restores into each kind of optimizer, or is refused by it.
+        for (_, opt, guard, _) in &made {
+            let (mut opt, mut guard) = (opt.clone(), guard.clone());
+            let _ = opt.restore(guard.as_mut(), &checkpoint);
+        }
+        true
+    });
+    std::fs::remove_file(path).ok();
 }

@@ -126,6 +126,13 @@ enum Command {
         #[command(flatten)]
         launch: LaunchArgs,
     },
+    /// Print what checkpoints hold (optimizer, hyperparameters, step, scaler, tensors) after
+    /// the checks a restore makes; exits non-zero if any file fails them.
+    Inspect {
+        /// Checkpoint files (safetensors, as `Checkpoint::save` writes them).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Per-element tolerance `|x - ref| <= atol + rtol * |ref|`.
@@ -299,6 +306,7 @@ fn main() -> ExitCode {
             let gpu = if cpu_only { None } else { Some(launch.gpu()?) };
             check(gpu.as_ref(), &files, &tol)
         })(),
+        Some(Command::Inspect { files }) => Ok(fusedopt_cli::inspect::inspect(&files)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -20,7 +20,8 @@
 //! | `dtypes` | JSON: every tensor's PyTorch dtype (`float32`, `bfloat16`, `float16`) |
 //! | `guard` | with a loss scaler or clip: JSON with `grad_scaler` (GradScaler's settings or `null`), `max_grad_norm` (or `null`), `caller_scale`, and the scaler's state `scale` and `growth_tracker` |
 //!
-//! Tensors under other names than `state.` are the caller's own (model weights, say), kept and
+//! Tensors under other names than `state.` are the caller's own (model weights, say), and
+//! metadata keys under `caller.` the caller's own text (a training loop's position), kept and
 //! handed back as they are, so that one file, replaced atomically, holds a whole resumable run.
 
 mod take;
@@ -181,7 +182,12 @@ pub struct Checkpoint {
     guard: Option<(Guard, ScalerState)>,
     /// Every tensor by its file name: the optimizer's under `state.`, the caller's others.
     tensors: BTreeMap<String, Tensor>,
+    /// The caller's metadata, by key without the `caller.` prefix.
+    notes: BTreeMap<String, String>,
 }
+
+/// The metadata prefix of the caller's own keys.
+const CALLER: &str = "caller.";
 
 /// The file name of a state tensor.
 pub fn state_name(tensor: &str, slot: &str) -> String {
@@ -300,8 +306,13 @@ impl Checkpoint {
                 tensors.len()
             )));
         }
+        let notes = meta
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(CALLER)?.to_string(), v.clone())))
+            .collect();
         let checkpoint = Self {
             origin: origin.to_string(),
+            notes,
             fusedopt_version: meta.get("fusedopt_version").cloned().unwrap_or_default(),
             precision,
             groups,
@@ -395,6 +406,9 @@ impl Checkpoint {
     fn metadata(&self) -> std::collections::HashMap<String, String> {
         let mut meta = std::collections::HashMap::new();
         let mut put = |k: &str, v: String| meta.insert(k.to_string(), v);
+        for (key, value) in &self.notes {
+            put(&format!("{CALLER}{key}"), value.clone());
+        }
         put("format", FORMAT.into());
         put("format_version", FORMAT_VERSION.to_string());
         put("fusedopt_version", self.fusedopt_version.clone());
@@ -500,6 +514,21 @@ impl Checkpoint {
         }
         self.tensors.insert(name, tensor);
         Ok(())
+    }
+
+    /// Sets a metadata entry of the caller's own (stored as `caller.<key>`).
+    pub fn set_note(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.notes.insert(key.into(), value.into());
+    }
+
+    /// A metadata entry of the caller's own.
+    pub fn note(&self, key: &str) -> Option<&str> {
+        self.notes.get(key).map(String::as_str)
+    }
+
+    /// Every metadata entry of the caller's own.
+    pub fn notes(&self) -> &BTreeMap<String, String> {
+        &self.notes
     }
 
     fn mismatch(&self, message: String) -> Error {

@@ -69,6 +69,7 @@ impl Checkpoint {
             layout,
             guard,
             tensors,
+            notes: Default::default(),
         };
         let names: std::collections::BTreeSet<&str> = checkpoint
             .layout
