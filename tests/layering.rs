@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 
 /// The library's layers, lowest first (ARCHITECTURE.md): a module names only the modules of
 /// the layers below its own.
-const LAYERS: [&[&str]; 6] = [
+const LAYERS: [&[&str]; 8] = [
     &["error", "compare"],
+    &["files"],
     &["optim"],
     &["reference", "kernels"],
     &["gpu"],
     &["model", "golden"],
+    &["checkpoint"],
     &["testing"],
 ];
 

@@ -4,7 +4,7 @@ use super::{
     KernelSpec, Optimizer, Rule, UniformBlock, describe_fields, flag, hyper::HyperFields,
     in_unit_interval, non_negative, pairs, uniform_layout,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `torch.optim.Adam` (PyTorch defaults), [Kingma & Ba 2015](https://arxiv.org/abs/1412.6980);
 /// with `decoupled_weight_decay` it is `torch.optim.AdamW` ([`Adam::adamw`]). At step t:
@@ -167,9 +167,17 @@ impl Rule for Adam {
         h.pair("betas", &mut self.betas)?;
         h.number("eps", &mut self.eps)?;
         h.number("weight_decay", &mut self.weight_decay)?;
-        if !self.decoupled_weight_decay {
-            // torch.optim.Adam takes it; AdamW is decoupled by definition.
-            h.boolean("decoupled_weight_decay", &mut self.decoupled_weight_decay)?;
+        // torch.optim.Adam takes it; AdamW is decoupled by definition, and its param_groups
+        // say so (`decoupled_weight_decay: True` since AdamW became a subclass of Adam).
+        let adamw = self.decoupled_weight_decay;
+        h.boolean("decoupled_weight_decay", &mut self.decoupled_weight_decay)?;
+        if adamw && !self.decoupled_weight_decay {
+            return Err(Error::Unsupported {
+                optimizer: "adamw",
+                message: "decoupled_weight_decay=false: AdamW's weight decay is decoupled; \
+                          use adam for coupled decay"
+                    .into(),
+            });
         }
         h.boolean("amsgrad", &mut self.amsgrad)?;
         h.boolean("eps_in_sqrt", &mut self.eps_in_sqrt)?;

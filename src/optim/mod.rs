@@ -354,5 +354,11 @@ mod tests {
         let text = Optimizer::from(odd.clone()).to_torch().to_string();
         let back = Optimizer::from_torch("adamw", &serde_json::from_str(&text).unwrap());
         assert_eq!(back.unwrap(), odd.into());
+        // AdamW's param_groups in PyTorch carry `decoupled_weight_decay: True`; False is not
+        // AdamW.
+        let torch_group = serde_json::json!({"lr": 1e-3, "decoupled_weight_decay": true});
+        assert!(Optimizer::from_torch("adamw", &torch_group).is_ok());
+        let coupled = serde_json::json!({"decoupled_weight_decay": false});
+        assert!(Optimizer::from_torch("adamw", &coupled).is_err());
     }
 }
