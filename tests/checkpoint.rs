@@ -11,27 +11,12 @@ use std::path::PathBuf;
 
 use fusedopt::checkpoint::{Tensor, state_name};
 use fusedopt::files::write_atomic;
-use fusedopt::testing::{RandomProblem, golden_files, variants};
+use fusedopt::testing::{RandomProblem, golden_files, validation_guard, variants};
 use fusedopt::{
     Adam, BufferRange, Checkpoint, CpuGuard, CpuOptimizer, Error, Gpu, GpuOptimizer, Guard,
-    HalfFormat, LossScaler, ModelLayout, ModelOptimizer, Optimizer, Piece, Precision, Sgd,
-    TensorSpec,
+    HalfFormat, ModelLayout, ModelOptimizer, Optimizer, Piece, Precision, Sgd, TensorSpec,
 };
 use ndarray::{ArrayView1, ArrayViewMut1};
-
-/// A guard that acts within a few steps: the scale grows every 2 clean steps, the norm is
-/// clipped to 1.
-fn busy_guard() -> Guard {
-    Guard {
-        scaler: Some(LossScaler {
-            init_scale: 1024.0,
-            growth_interval: 2,
-            ..LossScaler::default()
-        }),
-        max_norm: Some(1.0),
-        caller_scale: false,
-    }
-}
 
 /// Step `t` (1-based) gets an inf in its gradient when it is one of these, so that skipped
 /// steps fall before and after the checkpoint.
@@ -225,7 +210,7 @@ fn every_precision_resumes_bit_for_bit_guarded_and_not() {
     precisions.push(Precision::Stochastic { seed: 0xdead_beef });
     for precision in precisions {
         for config in fullest() {
-            for guard in [None, Some(busy_guard())] {
+            for guard in [None, Some(validation_guard())] {
                 resumes_exactly(gpu, &config, precision, guard);
             }
         }
@@ -310,7 +295,7 @@ fn the_cpu_resumes_bit_for_bit_in_every_precision() {
     precisions.push(Precision::Stochastic { seed: 12_345 });
     for precision in precisions {
         for config in fullest() {
-            for guard in [None, Some(busy_guard())] {
+            for guard in [None, Some(validation_guard())] {
                 let what = format!("{} {precision} {guard:?}", config.describe());
                 let mut straight = CpuRun::new(&config, precision, guard, 5);
                 for _ in 0..4 {
@@ -374,12 +359,19 @@ fn a_gpu_checkpoint_continues_on_the_cpu() {
     let Some(gpu) = common::gpu() else { return };
     for precision in [Precision::F32, Precision::Master(HalfFormat::F16)] {
         for config in fullest() {
-            let mut run = GpuRun::new(gpu, &config, precision, Some(busy_guard()), (517, 5), None);
+            let mut run = GpuRun::new(
+                gpu,
+                &config,
+                precision,
+                Some(validation_guard()),
+                (517, 5),
+                None,
+            );
             for _ in 0..4 {
                 run.step(gpu);
             }
             let saved = run.opt.checkpoint(gpu).unwrap();
-            let mut cpu = CpuRun::new(&config, precision, Some(busy_guard()), 5);
+            let mut cpu = CpuRun::new(&config, precision, Some(validation_guard()), 5);
             cpu.opt.restore(cpu.guard.as_mut(), &saved).unwrap();
             cpu.params = run.opt.read_params(gpu).unwrap();
             for _ in 0..4 {
@@ -444,9 +436,16 @@ fn model(
         BufferRange::half(&params, layout.len()),
         BufferRange::half(&grads, layout.len()),
     );
-    let opt =
-        ModelOptimizer::with_precision(gpu, layout, p, g, &configs, precision, Some(busy_guard()))
-            .unwrap();
+    let opt = ModelOptimizer::with_precision(
+        gpu,
+        layout,
+        p,
+        g,
+        &configs,
+        precision,
+        Some(validation_guard()),
+    )
+    .unwrap();
     (opt, params, grads)
 }
 
@@ -542,7 +541,14 @@ fn a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing() {
     let Some(gpu) = common::gpu() else { return };
     let adam: Optimizer = Adam::adamw().into();
     let precision = Precision::Master(HalfFormat::Bf16);
-    let mut source = GpuRun::new(gpu, &adam, precision, Some(busy_guard()), (64, 1), None);
+    let mut source = GpuRun::new(
+        gpu,
+        &adam,
+        precision,
+        Some(validation_guard()),
+        (64, 1),
+        None,
+    );
     for _ in 0..3 {
         source.step(gpu);
     }
@@ -552,7 +558,7 @@ fn a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing() {
             "optimizer",
             Sgd::default().into(),
             precision,
-            Some(busy_guard()),
+            Some(validation_guard()),
             64,
         ),
         (
@@ -563,18 +569,24 @@ fn a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing() {
             }
             .into(),
             precision,
-            Some(busy_guard()),
+            Some(validation_guard()),
             64,
         ),
         (
             "precision",
             adam.clone(),
             Precision::Half(HalfFormat::Bf16),
-            Some(busy_guard()),
+            Some(validation_guard()),
             64,
         ),
         ("guard", adam.clone(), precision, None, 64),
-        ("tensors", adam.clone(), precision, Some(busy_guard()), 66),
+        (
+            "tensors",
+            adam.clone(),
+            precision,
+            Some(validation_guard()),
+            66,
+        ),
     ];
     for (differs, config, precision, guard, n) in cases {
         let mut live = GpuRun::new(gpu, &config, precision, guard, (n, 2), None);
@@ -615,7 +627,7 @@ fn small_checkpoint() -> Checkpoint {
     let mut run = CpuRun::new(
         &config,
         Precision::Master(HalfFormat::Bf16),
-        Some(busy_guard()),
+        Some(validation_guard()),
         3,
     );
     run.step();

@@ -1,22 +1,14 @@
 //! The command line with bad input, as a user gives it: every case is refused with a message
 //! and exit code 2 (or reported per file by `check`), never a panic, an abort or a vacuous pass.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::fusedopt;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-
-/// Runs `fusedopt args`: exit code and everything it printed.
-fn fusedopt(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fusedopt"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
-}
 
 fn repository_file(name: &str) -> String {
     format!("{}/../tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))

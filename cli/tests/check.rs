@@ -2,21 +2,18 @@
 //! and the CPU, fails on a tampered copy, accepts it under a looser tolerance, and names an
 //! unknown hyperparameter.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use fusedopt::testing::golden_files;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+/// Runs `fusedopt args`: whether it passed, and what it printed.
 fn fusedopt(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fusedopt"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let (code, text) = common::fusedopt(args);
+    (code == Some(0), text)
 }
 
 /// A copy of `source` whose recorded parameters are scaled by `1 + shift`, with the `hyper`

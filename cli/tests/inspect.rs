@@ -1,19 +1,10 @@
 //! `fusedopt inspect`: a checkpoint's contents printed, and every file that fails the checks
 //! (truncated, foreign) reported with a non-zero exit, the others still inspected.
 
-use std::process::Command;
+mod common;
 
+use common::fusedopt;
 use fusedopt::{Adam, CpuGuard, CpuOptimizer, Guard, HalfFormat, LossScaler, Precision};
-
-fn fusedopt(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fusedopt"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
-}
 
 /// A checkpoint of a guarded AMSGrad optimizer in bf16 with a master, and its path.
 fn checkpoint_file(name: &str) -> (String, Vec<u8>) {
