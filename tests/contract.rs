@@ -358,3 +358,16 @@ fn a_lost_device_is_named_in_every_later_error() {
         assert!(err.to_string().contains("every later call"), "{err}");
     }
 }
+
+/// A large new buffer holds zeros from end to end, on every backend: on GL, where an
+/// allocation the driver cannot back is not reported, `zeros` proves the buffer keeps writes
+/// to its ends first, and must leave them zero again.
+#[test]
+fn a_large_buffer_is_zero_at_both_ends_after_its_check() {
+    let Some(gpu) = common::gpu() else { return };
+    let len = (24 << 20) / 4 + 3;
+    let buffer = gpu.zeros("large", len).unwrap();
+    for at in [0, 1, len as u64 / 2, len as u64 - 2, len as u64 - 1] {
+        assert_eq!(gpu.download(&buffer, at, 1).unwrap(), [0.0], "element {at}");
+    }
+}

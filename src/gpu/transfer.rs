@@ -9,15 +9,21 @@ use crate::error::{Error, Result};
 /// largest uniform offset alignment a device may ask for.
 pub(crate) const UNIFORM_STRIDE: u64 = 256;
 
+/// Buffers from this size on are verified after allocation on the GL backend
+/// ([`Gpu::zeros`]); below it a failed allocation is rare and the round trip not worth it.
+const UNREPORTED_OOM_BYTES: u64 = 16 << 20;
+
 /// Largest staging buffer used for readback and initialization.
 const TRANSFER_CHUNK_BYTES: u64 = 64 << 20;
 
 impl Gpu {
     /// Creates a storage buffer of `len` zeros (f32), usable for parameters, gradients or state.
+    /// On the GL backend, whose out-of-memory wgpu does not report, a large buffer is proved
+    /// to hold what is written to its ends before it is handed out.
     pub fn zeros(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
         let bytes = (len as u64).saturating_mul(4);
         self.limits.check_buffer_size(label, bytes)?;
-        self.scoped(&format!("allocating {label}"), || {
+        let buffer = self.scoped(&format!("allocating {label}"), || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: bytes,
@@ -26,7 +32,37 @@ impl Gpu {
                     | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
-        })
+        })?;
+        if self.adapter_info().backend == wgpu::Backend::Gl && bytes >= UNREPORTED_OOM_BYTES {
+            self.verify_allocation(label, &buffer, len as u64)?;
+        }
+        Ok(buffer)
+    }
+
+    /// Writes a sentinel to the first and last element of a new buffer, reads them back and
+    /// zeroes them again: a buffer the driver could not back loses the writes, which is
+    /// reported as out of memory instead of handed out to lose a model's state.
+    fn verify_allocation(&self, label: &str, buffer: &wgpu::Buffer, len: u64) -> Result<()> {
+        const SENTINEL: f32 = -1.5;
+        let last = len - 1;
+        self.write(buffer, 0, &[SENTINEL])?;
+        self.write(buffer, last, &[SENTINEL])?;
+        let ends = [self.download(buffer, 0, 1)?[0], self.download(buffer, last, 1)?[0]];
+        if ends != [SENTINEL; 2] {
+            return Err(Error::OutOfMemory {
+                context: format!("allocating {label}"),
+                source: wgpu::Error::OutOfMemory {
+                    source: format!(
+                        "the GL driver did not keep writes to the {} MiB buffer (read back \
+                         {ends:?}); the host is likely out of memory",
+                        (len * 4) >> 20
+                    )
+                    .into(),
+                },
+            });
+        }
+        self.write(buffer, 0, &[0.0])?;
+        self.write(buffer, last, &[0.0])
     }
 
     /// Uploads `data` into a new storage buffer (usable as parameters or gradients).
