@@ -47,7 +47,10 @@ impl Gpu {
         let last = len - 1;
         self.write(buffer, 0, &[SENTINEL])?;
         self.write(buffer, last, &[SENTINEL])?;
-        let ends = [self.download(buffer, 0, 1)?[0], self.download(buffer, last, 1)?[0]];
+        let ends = [
+            self.download(buffer, 0, 1)?[0],
+            self.download(buffer, last, 1)?[0],
+        ];
         if ends != [SENTINEL; 2] {
             return Err(Error::OutOfMemory {
                 context: format!("allocating {label}"),
