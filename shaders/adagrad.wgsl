@@ -11,7 +11,7 @@ struct AdagradScalars {
 
 @group(0) @binding(0) var<uniform> hp: AdagradScalars;
 
-/// One element's update (`visit` in precision.wgsl calls it). State: s0 `state_sum` (PyTorch's `sum`).
+/// One element's update (`visit` in precision.wgsl calls it). State: s0 `sum`.
 fn update(x: Element) -> Element {
     var e = x;
     let g = effective_grad(e.grad, e.param, hp.weight_decay);

@@ -217,8 +217,8 @@ fn state_is_initialized_and_sized_like_pytorch() {
     };
     let opt = GpuOptimizer::new(gpu, adagrad, &params, &grads).unwrap();
     let state = opt.read_state(gpu).unwrap();
-    assert_eq!(state.len(), 1, "adagrad keeps state_sum only");
-    assert_eq!(state[0].0, "state_sum", "PyTorch's name");
+    assert_eq!(state.len(), 1, "adagrad keeps sum only");
+    assert_eq!(state[0].0, "sum", "PyTorch's name");
     assert!(
         state[0].1.iter().all(|&x| x == 0.25),
         "initial_accumulator_value"

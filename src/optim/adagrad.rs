@@ -14,7 +14,7 @@ use crate::error::Result;
 /// s ← s + g²                      (s starts at initial_accumulator_value)
 /// p ← p − clr·g / (√s + eps)      or  g / √(s + eps) with eps_in_sqrt (optax)
 /// ```
-/// State: `state_sum`.
+/// State: `sum`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adagrad {
     /// Learning rate (PyTorch default 1e-2).
@@ -96,7 +96,7 @@ static KERNEL: KernelSpec = KernelSpec {
         eps,
         weight_decay
     }),
-    state: &["state_sum"],
+    state: &["sum"],
 };
 
 impl Rule for Adagrad {
