@@ -23,6 +23,7 @@ pub use gpu::{
 };
 pub use model::{ModelLayout, ModelOptimizer, Segment, TensorSpec};
 pub use optim::{
-    Adadelta, Adagrad, Adam, Guard, HalfFormat, LossScaler, Optimizer, Precision, Rmsprop, Sgd,
+    Adadelta, Adagrad, Adam, Guard, HalfFormat, LossScaler, Optimizer, Precision, Rmsprop,
+    Schedule, Scheduler, Sgd,
 };
 pub use reference::{CpuGuard, CpuOptimizer};

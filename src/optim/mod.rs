@@ -15,6 +15,7 @@ mod hyper;
 mod precision;
 mod rmsprop;
 mod rule;
+mod schedule;
 mod sgd;
 
 pub use adadelta::{Adadelta, AdadeltaScalars};
@@ -27,6 +28,7 @@ pub use guard::{
 pub use precision::{HalfFormat, Precision, hash32, random_bits, round_bf16_stochastic, step_key};
 pub use rmsprop::{Rmsprop, RmspropScalars};
 pub use rule::{KernelSpec, UniformLayout};
+pub use schedule::{Schedule, Scheduler};
 pub use sgd::{Sgd, SgdScalars};
 
 pub use rule::MAX_STATE;
