@@ -5,7 +5,7 @@
 
 use std::num::NonZeroU64;
 
-use fusedopt::{Gpu, GpuOptimizer, Optimizer};
+use fusedopt::{Gpu, GpuOptimizer, Optimizer, Schedule, Scheduler};
 
 use super::quadratic::Quadratic;
 use crate::Result;
@@ -128,14 +128,19 @@ impl Trajectory {
 }
 
 /// Runs `config` on `problem` from its start until the loss reaches the tolerance, diverges, or
-/// `max_iterations` steps have run. Every gradient and every update is computed on the GPU.
+/// `max_iterations` steps have run, each step at the rate `schedule` gives (the configured one
+/// without). Every gradient and every update is computed on the GPU.
 pub(crate) fn run(
     gpu: &Gpu,
     kernel: &GradientKernel,
     problem: &Quadratic,
     config: &Optimizer,
+    schedule: Option<&Schedule>,
     limits: &Limits,
 ) -> Result<Trajectory> {
+    let mut scheduler = schedule
+        .map(|s| Scheduler::new(s.clone(), config.lr()))
+        .transpose()?;
     let n = problem.dim();
     let to_f32 = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
     let matrix = gpu.upload("demo/matrix", &to_f32(problem.matrix()))?;
@@ -210,7 +215,13 @@ pub(crate) fn run(
                     pass.set_bind_group(0, &bind_group, &[(row * stride) as u32]);
                     pass.dispatch_workgroups(1, 1, 1);
                 })?;
-                optimizer.record_step(gpu, &mut encoder)?;
+                match &mut scheduler {
+                    Some(scheduler) => {
+                        optimizer.record_step_with_lr(gpu, &mut encoder, scheduler.lr())?;
+                        scheduler.step()?;
+                    }
+                    None => optimizer.record_step(gpu, &mut encoder)?,
+                }
             }
             gpu.scoped("submitting demo iterations", || {
                 gpu.queue().submit([encoder.finish()])
