@@ -122,7 +122,13 @@ fn options() -> Result<Options, Box<dyn Error>> {
             "--clip" => o.clip = Some(value()?.parse()?),
             "--steps" => o.steps = value()?.parse()?,
             "--save" => o.save = Some(value()?.into()),
-            "--save-every" => o.save_every = Some(value()?.parse()?).filter(|&k| k > 0),
+            "--save-every" => {
+                let k: u64 = value()?.parse()?;
+                if k == 0 {
+                    return Err("--save-every needs at least 1 step".into());
+                }
+                o.save_every = Some(k);
+            }
             "--resume" => o.resume = Some(value()?.into()),
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -370,19 +376,28 @@ fn main() -> Result<(), Box<dyn Error>> {
         entries: &bind_entries,
     });
 
-    // The model's weights as the optimizer steps them: f32, or the 16-bit buffer.
+    // The model's weights as the optimizer steps them: f32, or the 16-bit buffer; saved per
+    // tensor by name (`model.w1`...), so that a device of another alignment reads them too.
     let stored = if half.is_some() { &params16 } else { &params };
     let mut step = 0;
     if let Some(dir) = &resume {
         let checkpoint = Checkpoint::load(dir.join(CHECKPOINT))?;
-        optimizer.restore(&gpu, &checkpoint)?;
-        let weights = checkpoint
-            .tensor("model")
-            .ok_or("the checkpoint holds no `model` weights")?;
-        match half {
-            Some(_) => gpu.write_half(stored, 0, &weights.bits())?,
-            None => gpu.write(stored, 0, &weights.to_f32())?,
+        // The weights first: a restore that finds no master takes the parameters.
+        for segment in layout.segments() {
+            let name = format!("model.{}", segment.tensor.name);
+            let saved = checkpoint
+                .tensor(&name)
+                .filter(|t| t.shape() == segment.tensor.shape && t.format() == half)
+                .ok_or(format!(
+                    "the checkpoint holds no {name} of this shape and precision"
+                ))?;
+            let at = segment.offset as u64;
+            match saved.bits() {
+                Some(bits) => gpu.write_half(stored, at, &bits)?,
+                None => gpu.write(stored, at, &saved.to_f32())?,
+            }
         }
+        optimizer.restore(&gpu, &checkpoint)?;
         step = checkpoint
             .note("step")
             .ok_or("the checkpoint holds no `step`")?
@@ -391,12 +406,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let save_to = |dir: &PathBuf, optimizer: &mut ModelOptimizer, step: u64| {
         let mut checkpoint = optimizer.checkpoint(&gpu)?;
-        let len = layout.len();
-        let weights = match half {
-            Some(format) => Tensor::half(format, &[len], &gpu.download_half(stored, 0, len)?)?,
-            None => Tensor::f32(&[len], &gpu.download(stored, 0, len)?)?,
-        };
-        checkpoint.insert("model", weights)?;
+        for segment in layout.segments() {
+            let (at, len, shape) = (segment.offset as u64, segment.len, &segment.tensor.shape);
+            let weights = match half {
+                Some(format) => Tensor::half(format, shape, &gpu.download_half(stored, at, len)?)?,
+                None => Tensor::f32(shape, &gpu.download(stored, at, len)?)?,
+            };
+            checkpoint.insert(format!("model.{}", segment.tensor.name), weights)?;
+        }
         checkpoint.set_note("step", step.to_string());
         std::fs::create_dir_all(dir)?;
         checkpoint.save(dir.join(CHECKPOINT))?;

@@ -8,14 +8,14 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Largest safetensors header read (its JSON: names, shapes, metadata): far below the
-/// format's own 100 MB limit and far above any trajectory's or checkpoint's.
-pub(crate) const MAX_HEADER_BYTES: u64 = 1 << 24;
+/// Largest safetensors header read or written (its JSON: names, shapes, metadata): the
+/// safetensors format's own limit, which a model of tens of thousands of tensors approaches.
+pub(crate) const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// The bytes of the safetensors file at `path`. The 8-byte length and the header are read and
-/// checked first: a header past [`MAX_HEADER_BYTES`] or the file, or a file whose size is not
-/// the one its header describes, is refused with `bad(message)` before the data is read. A
-/// pipe or a device (no size to check against) is read as it comes.
+/// checked first: a header past [`MAX_HEADER_BYTES`], or data past what the file holds, is
+/// refused with `bad(message)` before the data is read, so memory stays bounded by what the
+/// header describes (a pipe or a device is read no further than that either).
 pub(crate) fn read_safetensors(path: &Path, bad: impl Fn(String) -> Error) -> Result<Vec<u8>> {
     let io = |source| Error::Io {
         path: path.display().to_string(),
@@ -23,29 +23,30 @@ pub(crate) fn read_safetensors(path: &Path, bad: impl Fn(String) -> Error) -> Re
     };
     let mut file = File::open(path).map_err(io)?;
     let metadata = file.metadata().map_err(io)?;
-    if !metadata.is_file() {
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
-        return Ok(bytes);
-    }
-    let len = metadata.len();
+    // A regular file's size must be the one its header describes; a stream has none to check.
+    let len = metadata.is_file().then_some(metadata.len());
+    let size = len.map_or("a stream".to_string(), |l| format!("{l} bytes"));
     let short = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => bad(format!("not a safetensors file: {len} bytes")),
+        std::io::ErrorKind::UnexpectedEof => {
+            bad(format!("not a safetensors file: {size}, cut short"))
+        }
         _ => io(e),
     };
     let mut prefix = [0u8; 8];
     file.read_exact(&mut prefix).map_err(short)?;
     let header_len = u64::from_le_bytes(prefix);
-    if header_len > MAX_HEADER_BYTES || header_len > len.saturating_sub(8) {
+    if header_len > MAX_HEADER_BYTES || len.is_some_and(|l| header_len > l.saturating_sub(8)) {
         return Err(bad(format!(
-            "not a safetensors file: a header of {header_len} bytes in a file of {len}"
+            "not a safetensors file: a header of {header_len} bytes in {size}"
         )));
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header).map_err(short)?;
     let data = data_bytes(&header).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let described = (8 + header_len).checked_add(data);
-    if described != Some(len) {
+    if let Some(len) = len
+        && described != Some(len)
+    {
         return Err(bad(format!(
             "the file is {len} bytes but its header describes {}",
             described.map_or("more than 2^64".into(), |d| d.to_string())
@@ -53,7 +54,16 @@ pub(crate) fn read_safetensors(path: &Path, bad: impl Fn(String) -> Error) -> Re
     }
     let mut bytes = prefix.to_vec();
     bytes.append(&mut header);
-    file.read_to_end(&mut bytes).map_err(io)?;
+    // At most what the header describes, and no more than arrives.
+    let mut rest = Vec::new();
+    (&mut file).take(data).read_to_end(&mut rest).map_err(io)?;
+    if (rest.len() as u64) < data {
+        return Err(bad(format!(
+            "not a safetensors file: {} bytes of data where the header describes {data}",
+            rest.len()
+        )));
+    }
+    bytes.append(&mut rest);
     Ok(bytes)
 }
 
@@ -75,10 +85,12 @@ fn data_bytes(header: &[u8]) -> std::result::Result<u64, String> {
 }
 
 /// Replaces the file at `path` with what `write` writes, atomically: the bytes go to a
-/// temporary file in the same folder, which is flushed and synced to the disk, renamed over
-/// `path`, and the folder is synced so the rename itself survives a power loss. Until the
-/// rename the old file is untouched; if anything fails, the temporary file is removed and the
-/// old file stays.
+/// temporary file in the same folder (a name no other writer uses), which is flushed and
+/// synced to the disk, then renamed over `path`, and the folder is synced so that the rename
+/// itself survives a power loss. Until the rename the old file is untouched; if anything fails
+/// before it, the temporary file is removed and the old file stays. Once renamed, the new file
+/// is in place: a folder sync the file system does not support is not an error (the rename is
+/// then as durable as that file system makes it); one that fails is.
 pub fn write_atomic(
     path: impl AsRef<Path>,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
@@ -96,29 +108,57 @@ pub fn write_atomic(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    // Unique per process and call, so that two writers never share a temporary file.
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(".{}.{call}.tmp", std::process::id()));
-    let temp = folder.join(temp_name);
-    let result = (|| {
-        let mut file = File::create_new(&temp).map_err(|e| io(&temp, e))?;
+    let (temp, mut file) = create_temporary(folder, name).map_err(|(p, e)| io(&p, e))?;
+    let written = (|| {
         let mut buffered = std::io::BufWriter::new(&mut file);
-        write(&mut buffered).map_err(|e| io(&temp, e))?;
-        buffered.flush().map_err(|e| io(&temp, e))?;
+        write(&mut buffered)?;
+        buffered.flush()?;
         drop(buffered);
-        file.sync_all().map_err(|e| io(&temp, e))?;
-        drop(file);
-        std::fs::rename(&temp, path).map_err(|e| io(path, e))
+        file.sync_all()
     })();
-    if result.is_err() {
+    drop(file);
+    if let Err(e) = written {
         // The old file was never touched; only the partial new one goes.
         let _ = std::fs::remove_file(&temp);
-        return result;
+        return Err(io(&temp, e));
     }
-    sync_folder(folder).map_err(|e| io(folder, e))
+    if let Err(e) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io(path, e));
+    }
+    match sync_folder(folder) {
+        // EINVAL (22): file systems that cannot sync a folder (some FUSE and network mounts).
+        Err(e) if e.kind() != std::io::ErrorKind::Unsupported && e.raw_os_error() != Some(22) => {
+            Err(io(folder, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A new temporary file beside `name` in `folder`, named `.{name}.{pid}.{nanos}.{n}.tmp` so
+/// that no two writers share one (a process id repeats across containers and restarts; the
+/// clock and a counter tell them apart); a name taken is never opened, and tried again.
+fn create_temporary(
+    folder: &Path,
+    name: &std::ffi::OsStr,
+) -> std::result::Result<(std::path::PathBuf, File), (std::path::PathBuf, std::io::Error)> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut attempt = 0;
+    loop {
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}.{nanos}.{call}.tmp", std::process::id()));
+        let temp = folder.join(temp_name);
+        match File::create_new(&temp) {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+            Err(e) => return Err((temp, e)),
+        }
+    }
 }
 
 /// Syncs a folder's entries (a rename in it) to the disk, where the system allows opening a
@@ -172,6 +212,19 @@ mod tests {
         write_atomic(&path, |w| w.write_all(b"new")).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         assert_eq!(entries(&dir), ["state.bin"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn another_writers_temporary_file_is_left_alone() {
+        let dir = folder("other");
+        let path = dir.join("state.bin");
+        // What a killed writer (of this very process id, after a restart) left behind.
+        let stale = dir.join(format!(".state.bin.{}.0.0.tmp", std::process::id()));
+        std::fs::write(&stale, b"partial").unwrap();
+        write_atomic(&path, |w| w.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read(&stale).unwrap(), b"partial");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

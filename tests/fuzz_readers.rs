@@ -202,7 +202,27 @@ fn checkpoints() -> Vec<(String, CpuOptimizer, Option<CpuGuard>, Vec<u8>)> {
         .into_iter()
         .map(|(config, precision, guard)| {
             let name = format!("{} {precision}", config.describe());
-            let opt = CpuOptimizer::with_precision(config, precision, 33).unwrap();
+            let mut opt = CpuOptimizer::with_precision(config, precision, 33).unwrap();
+            // Two steps, so that the state, the master and the step count are not initial.
+            let format = precision.half_format().unwrap_or(HalfFormat::Bf16);
+            let mut params: Vec<u16> = (0..33).map(|i| format.round(i as f32 * 0.1)).collect();
+            let grads: Vec<u16> = (0..33)
+                .map(|i| format.round(0.5 - i as f32 * 0.03))
+                .collect();
+            for _ in 0..2 {
+                if precision.half_format().is_some() {
+                    opt.step_half(&mut params, &grads, 0.01).unwrap();
+                } else {
+                    let widened: Vec<f32> = grads.iter().map(|&b| format.widen(b)).collect();
+                    let mut p: Vec<f32> = params.iter().map(|&b| format.widen(b)).collect();
+                    opt.step_with_lr(
+                        ndarray::ArrayViewMut1::from(&mut p[..]),
+                        ndarray::ArrayView1::from(&widened[..]),
+                        0.01,
+                    )
+                    .unwrap();
+                }
+            }
             let guard = guard.map(|g| CpuGuard::new(g).unwrap());
             let mut checkpoint = opt.checkpoint(guard.as_ref()).unwrap();
             checkpoint
@@ -213,6 +233,25 @@ fn checkpoints() -> Vec<(String, CpuOptimizer, Option<CpuGuard>, Vec<u8>)> {
             (name, opt, guard, bytes)
         })
         .collect()
+}
+
+/// A CPU optimizer's state, master, step count and scaler, as bits.
+type Snapshot = (Vec<Vec<u32>>, Option<Vec<u32>>, u64, Option<(u32, u32)>);
+
+/// What a restore may change, to hold a refused one to having changed nothing.
+fn snapshot(opt: &CpuOptimizer, guard: &Option<CpuGuard>) -> Snapshot {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    (
+        opt.state()
+            .iter()
+            .map(|(_, v)| bits(v.as_slice().unwrap()))
+            .collect(),
+        opt.master().map(bits),
+        opt.step_count(),
+        guard
+            .as_ref()
+            .map(|g| (g.state().scale.to_bits(), g.state().growth_tracker)),
+    )
 }
 
 #[test]
@@ -232,10 +271,18 @@ fn mutated_checkpoints_are_read_or_refused_and_restored_never_a_panic() {
             _ => Checkpoint::parse("fuzz", bytes),
         };
         let Ok(checkpoint) = read else { return false };
-        // What is read restores into each kind of optimizer, or is refused by it.
+        // What is read restores into each kind of optimizer, or is refused by it, changing
+        // nothing.
         for (_, opt, guard, _) in &made {
             let (mut opt, mut guard) = (opt.clone(), guard.clone());
-            let _ = opt.restore(guard.as_mut(), &checkpoint);
+            let before = snapshot(&opt, &guard);
+            if opt.restore(guard.as_mut(), &checkpoint).is_err() {
+                assert_eq!(
+                    snapshot(&opt, &guard),
+                    before,
+                    "a refused restore changed the optimizer"
+                );
+            }
         }
         true
     });

@@ -26,14 +26,10 @@ pub fn inspect(files: &[impl AsRef<Path>]) -> bool {
 /// The report of one checkpoint.
 pub fn describe(name: &str, checkpoint: &Checkpoint) -> String {
     let mut out = format!(
-        "{name}: fusedopt checkpoint (format {}, written by fusedopt {}), precision {}{}\n",
+        "{name}: fusedopt checkpoint (format {}, written by fusedopt {}), precision {}\n",
         fusedopt::checkpoint::FORMAT_VERSION,
         checkpoint.fusedopt_version(),
-        checkpoint.precision(),
-        match checkpoint.precision() {
-            fusedopt::Precision::Stochastic { seed } => format!(" (seed {seed})"),
-            _ => String::new(),
-        }
+        checkpoint.precision().describe(),
     );
     for (g, group) in checkpoint.groups().iter().enumerate() {
         let tensors = checkpoint.layout().iter().filter(|e| e.group == g).count();
@@ -60,8 +56,8 @@ pub fn describe(name: &str, checkpoint: &Checkpoint) -> String {
     }
     out += &format!("{} tensors:\n", checkpoint.tensors().len());
     for (name, tensor) in checkpoint.tensors() {
-        let dtype = tensor.format.map_or("float32", |f| f.torch_name());
-        out += &format!("  {name:<40} {dtype:<9} {:?}\n", tensor.shape);
+        let dtype = tensor.format().map_or("float32", |f| f.torch_name());
+        out += &format!("  {name:<40} {dtype:<9} {:?}\n", tensor.shape());
     }
     out
 }

@@ -15,7 +15,7 @@
 //! | `fusedopt_version` | the writer's version |
 //! | `precision` | `f32`, `bf16`, `f16`, `bf16-master`, `f16-master`, `bf16-sr` ([`Precision`]'s names) |
 //! | `stochastic_seed` | with `bf16-sr`: the rounding's seed, in decimal |
-//! | `param_groups` | JSON: per group, `optimizer` (PyTorch's class name), `step`, `params` (tensor names) and every hyperparameter by PyTorch's name |
+//! | `param_groups` | JSON: per group, `optimizer` (PyTorch's class name), `step` (at most 2^53), `params` (tensor names) and every hyperparameter by PyTorch's name |
 //! | `layout` | JSON: `tensors`, each `name`, `shape`, `group` and `offset` in the writer's flat buffers (informative: a reader matches tensors by name) |
 //! | `dtypes` | JSON: every tensor's PyTorch dtype (`float32`, `bfloat16`, `float16`) |
 //! | `guard` | with a loss scaler or clip: JSON with `grad_scaler` (GradScaler's settings or `null`), `max_grad_norm` (or `null`), `caller_scale`, and the scaler's state `scale` and `growth_tracker` |
@@ -33,7 +33,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::files::{read_safetensors, write_atomic};
+use crate::files::{MAX_HEADER_BYTES, read_safetensors, write_atomic};
 use crate::model::TensorSpec;
 use crate::optim::{Guard, HalfFormat, LossScaler, Optimizer, Precision, ScalerState};
 
@@ -43,18 +43,27 @@ pub const FORMAT: &str = "fusedopt-optimizer-state";
 /// The `format_version` this fusedopt writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Most steps a checkpoint holds: past 2^53 a step count is no longer exact in the f64 of
+/// the bias corrections (and of PyTorch's).
+pub const MAX_STEPS: u64 = 1 << 53;
+
 /// The name of the master copy's tensors (`state.<tensor>.master_param`).
 pub const MASTER: &str = "master_param";
 
-/// One tensor's stored values: f32, or the bits of a 16-bit format.
-#[derive(Clone, Debug, PartialEq)]
+/// One tensor's stored values: f32, or the bits of a 16-bit format, with its shape; the
+/// byte length always matches them.
+#[derive(Clone, PartialEq)]
 pub struct Tensor {
-    /// `None` for f32, else the 16-bit format.
-    pub format: Option<HalfFormat>,
-    /// Shape (row-major).
-    pub shape: Vec<usize>,
+    format: Option<HalfFormat>,
+    shape: Vec<usize>,
     /// Little-endian bytes, `numel × (4 or 2)`.
     bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} {:?})", torch_dtype(self.format), self.shape)
+    }
 }
 
 impl Tensor {
@@ -79,6 +88,16 @@ impl Tensor {
         })
     }
 
+    /// `None` for f32, else the 16-bit format.
+    pub fn format(&self) -> Option<HalfFormat> {
+        self.format
+    }
+
+    /// The shape (row-major).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
     /// `values` stored in `format` (`None`: f32), each rounded to nearest even. Exact for
     /// values the format holds, as a 16-bit optimizer's state always is.
     fn stored(format: Option<HalfFormat>, shape: &[usize], values: &[f32]) -> Result<Self> {
@@ -99,21 +118,25 @@ impl Tensor {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
-            Some(f) => self.bits().into_iter().map(|b| f.widen(b)).collect(),
+            Some(f) => self.halves().into_iter().map(|b| f.widen(b)).collect(),
         }
     }
 
-    /// The 16-bit values' bits (of an f32 tensor: every other half word, meaningless).
-    pub fn bits(&self) -> Vec<u16> {
+    /// The 16-bit values' bits; `None` for an f32 tensor.
+    pub fn bits(&self) -> Option<Vec<u16>> {
+        self.format.map(|_| self.halves())
+    }
+
+    fn halves(&self) -> Vec<u16> {
         self.bytes
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
             .collect()
     }
 
-    /// Number of elements.
+    /// Number of elements (the byte length was checked against it).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.bytes.len() / if self.format.is_some() { 2 } else { 4 }
     }
 
     fn dtype(&self) -> Dtype {
@@ -327,10 +350,7 @@ impl Checkpoint {
     /// Every state tensor the groups keep is present in its dtype and shape, the master of
     /// every tensor or of none, and no other `state.` tensor.
     fn check_state(&self) -> std::result::Result<(), String> {
-        let state_format = match self.precision {
-            Precision::Half(f) => Some(f),
-            _ => None,
-        };
+        let state_format = self.precision.state_format();
         let mut expected = BTreeSet::new();
         let mut masters = 0;
         for entry in &self.layout {
@@ -391,16 +411,35 @@ impl Checkpoint {
         write_atomic(path, |w| w.write_all(&bytes))
     }
 
-    /// The bytes of the checkpoint file.
+    /// The bytes of the checkpoint file, read back and checked before they are handed out,
+    /// so that what is saved can be loaded: a header past the format's size limit or a value
+    /// JSON cannot hold (an infinite learning rate, an overflowed scale) is an error here, not
+    /// at the resume.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        safetensors::serialize(
+        let bad = |message: String| Error::Checkpoint {
+            origin: self.origin.clone(),
+            message,
+        };
+        let bytes = safetensors::serialize(
             self.tensors.iter().map(|(k, t)| (k.as_str(), t)),
             Some(self.metadata()),
         )
-        .map_err(|e| Error::Checkpoint {
-            origin: self.origin.clone(),
-            message: format!("could not serialize: {e}"),
-        })
+        .map_err(|e| bad(format!("could not serialize: {e}")))?;
+        let header = bytes
+            .get(..8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+        if header > MAX_HEADER_BYTES {
+            return Err(bad(format!(
+                "its header would be {header} bytes, past the {MAX_HEADER_BYTES} a reader takes \
+                 ({} tensors)",
+                self.tensors.len()
+            )));
+        }
+        Self::parse(&self.origin, &bytes).map_err(|e| match e {
+            Error::Checkpoint { message, .. } => bad(format!("would not read back: {message}")),
+            other => other,
+        })?;
+        Ok(bytes)
     }
 
     fn metadata(&self) -> std::collections::HashMap<String, String> {
@@ -597,7 +636,8 @@ fn read_groups(value: &Value) -> std::result::Result<(Vec<Group>, Vec<Vec<String
             .to_string();
         let step = take("step")?
             .as_u64()
-            .ok_or_else(|| format!("param_groups[{g}].step is not a count of steps"))?;
+            .filter(|&s| s <= MAX_STEPS)
+            .ok_or_else(|| format!("param_groups[{g}].step is not a count of steps up to 2^53"))?;
         let params = take("params")?;
         let params: Vec<String> = params
             .as_array()

@@ -4,7 +4,7 @@
 
 use super::{Checkpoint, Entry, Group, MASTER, Tensor, state_name};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuOptimizer};
+use crate::gpu::{Gpu, GpuOptimizer, GradGuard};
 use crate::model::{ModelOptimizer, TensorSpec};
 use crate::optim::{Guard, Optimizer, Precision, ScalerState};
 use crate::reference::{CpuGuard, CpuOptimizer};
@@ -31,10 +31,7 @@ impl Checkpoint {
         guard: Option<(Guard, ScalerState)>,
         taken: Vec<Taken<'_>>,
     ) -> Result<Self> {
-        let state_format = match precision {
-            Precision::Half(f) => Some(f),
-            _ => None,
-        };
+        let state_format = precision.state_format();
         let mut layout = Vec::new();
         let mut tensors = std::collections::BTreeMap::new();
         let mut groups = Vec::new();
@@ -86,8 +83,10 @@ impl Checkpoint {
     }
 
     /// Fails, naming the first difference, unless this checkpoint was taken from an optimizer
-    /// like the live one: precision, guard, groups with the same optimizer and options, the
-    /// same tensors (names, shapes) in each group, step counts it can hold.
+    /// like the live one: precision, guard, groups with the same optimizer and options (the
+    /// learning rate aside: a step's rate is the caller's, a schedule's), the same tensors
+    /// (names, shapes) in each group in any order, and step counts and a scaler state the
+    /// live optimizer can take.
     fn check_fits(
         &self,
         precision: Precision,
@@ -97,8 +96,8 @@ impl Checkpoint {
         if self.precision != precision {
             return Err(self.mismatch(format!(
                 "precision: the checkpoint's is {}, the optimizer's {}",
-                describe_precision(self.precision),
-                describe_precision(precision)
+                self.precision.describe(),
+                precision.describe()
             )));
         }
         let saved_guard = self.guard.as_ref().map(|(g, _)| g);
@@ -109,6 +108,9 @@ impl Checkpoint {
                 show(saved_guard),
                 show(guard)
             )));
+        }
+        if let Some((_, state)) = &self.guard {
+            state.validate().map_err(|e| self.mismatch(e.to_string()))?;
         }
         if self.groups.len() != groups.len() {
             return Err(self.mismatch(format!(
@@ -125,20 +127,24 @@ impl Checkpoint {
                     live.name()
                 )));
             }
-            if &saved.optimizer != *live {
+            let differences = option_differences(&saved.optimizer, live);
+            if !differences.is_empty() {
                 return Err(self.mismatch(format!(
-                    "group {g} ({}): options differ: {}",
-                    live.name(),
-                    option_differences(&saved.optimizer, live)
+                    "group {g} ({}): options differ: {differences}",
+                    live.name()
                 )));
             }
-            let listed: Vec<&TensorSpec> = self
+            let by_name = |t: &mut Vec<&TensorSpec>| t.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut listed: Vec<&TensorSpec> = self
                 .layout
                 .iter()
                 .filter(|e| e.group == g)
                 .map(|e| &e.tensor)
                 .collect();
-            if listed != *tensors {
+            let mut live_tensors = tensors.clone();
+            by_name(&mut listed);
+            by_name(&mut live_tensors);
+            if listed != live_tensors {
                 let show = |t: &[&TensorSpec]| {
                     t.iter()
                         .map(|t| format!("{} {:?}", t.name, t.shape))
@@ -148,12 +154,12 @@ impl Checkpoint {
                 return Err(self.mismatch(format!(
                     "group {g}: the checkpoint holds tensors [{}], the optimizer steps [{}]",
                     show(&listed),
-                    show(tensors)
+                    show(&live_tensors)
                 )));
             }
-            if guard.is_some() && u32::try_from(saved.step).is_err() {
+            if guard.is_some() && saved.step >= u64::from(u32::MAX) {
                 return Err(self.mismatch(format!(
-                    "group {g}: {} steps; a guarded optimizer counts at most 2^32 - 1",
+                    "group {g}: {} steps; a guarded optimizer counts fewer than 2^32 - 1",
                     saved.step
                 )));
             }
@@ -161,29 +167,11 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// The state of group `g` over a range of `len` elements whose tensors start where
-    /// `starts` says (in layout order): `current` (the live values, by name) with every
-    /// tensor's part replaced by the checkpoint's, so that padding keeps what it had.
-    fn state_of(
-        &self,
-        g: usize,
-        starts: &[usize],
-        current: Vec<(&'static str, Vec<f32>)>,
-    ) -> Vec<(&'static str, Vec<f32>)> {
-        current
-            .into_iter()
-            .map(|(slot, mut values)| {
-                self.overwrite(g, starts, slot, &mut values);
-                (slot, values)
-            })
-            .collect()
-    }
-
-    /// Copies the checkpoint's `slot` of each tensor of group `g` into `values` at its start.
-    fn overwrite(&self, g: usize, starts: &[usize], slot: &str, values: &mut [f32]) {
-        let entries = self.layout.iter().filter(|e| e.group == g);
-        for (entry, &at) in entries.zip(starts) {
-            if let Some(tensor) = self.tensors.get(&state_name(&entry.tensor.name, slot)) {
+    /// Copies the checkpoint's `slot` of each of the live `tensors` (found by name) into
+    /// `values` at the tensor's start; what lies between tensors keeps its value.
+    fn overwrite(&self, tensors: &[(&TensorSpec, usize)], slot: &str, values: &mut [f32]) {
+        for &(spec, at) in tensors {
+            if let Some(tensor) = self.tensors.get(&state_name(&spec.name, slot)) {
                 let saved = tensor.to_f32();
                 values[at..at + saved.len()].copy_from_slice(&saved);
             }
@@ -199,14 +187,8 @@ impl Checkpoint {
     }
 }
 
-fn describe_precision(precision: Precision) -> String {
-    match precision {
-        Precision::Stochastic { seed } => format!("bf16-sr (seed {seed})"),
-        p => p.name().into(),
-    }
-}
-
-/// The keyword arguments whose values differ (`lr: 0.001 here, 0.01 there`).
+/// The keyword arguments whose values differ (`betas is [0.9,0.99] in the checkpoint, ...`),
+/// the learning rate aside; empty when none does.
 fn option_differences(saved: &Optimizer, live: &Optimizer) -> String {
     let (a, b) = (saved.to_torch(), live.to_torch());
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
@@ -216,7 +198,7 @@ fn option_differences(saved: &Optimizer, live: &Optimizer) -> String {
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
+        .filter(|k| *k != "lr" && a.get(*k) != b.get(*k))
         .map(|k| {
             let show = |v: Option<&serde_json::Value>| v.map_or("absent".into(), |v| v.to_string());
             format!(
@@ -229,19 +211,23 @@ fn option_differences(saved: &Optimizer, live: &Optimizer) -> String {
         .join("; ")
 }
 
+/// The guard's settings and the scaler's state as the device holds them, where there is a
+/// guard.
+fn guard_state(guard: Option<&GradGuard>, gpu: &Gpu) -> Result<Option<(Guard, ScalerState)>> {
+    guard
+        .map(|guard| Ok((*guard.config(), guard.read(gpu)?.scaler_state())))
+        .transpose()
+}
+
 impl GpuOptimizer {
     /// Takes a checkpoint of the optimizer's state (every state tensor, the master copy, the
-    /// step count and the guard's scaler), waiting for the work submitted before. Take it
-    /// between steps, with every recorded step submitted. Its one tensor is named `0`.
+    /// step count and the guard's scaler), waiting for the work submitted before. Under a
+    /// guard, steps recorded and not submitted are an error; without one, take it after
+    /// submitting them. Its one tensor is named `0` (pieces are saved as one).
     pub fn checkpoint(&mut self, gpu: &Gpu) -> Result<Checkpoint> {
+        self.require_settled(gpu)?;
         let spec = TensorSpec::new(FLAT, &[self.len()]);
-        let guard = match self.guard() {
-            Some(guard) => {
-                let report = guard.read(gpu)?;
-                Some((*guard.config(), report.scaler_state()))
-            }
-            None => None,
-        };
+        let guard = guard_state(self.guard(), gpu)?;
         let taken = take_gpu(self, gpu, vec![(&spec, 0)], 0)?;
         Checkpoint::take(self.precision(), guard, vec![taken])
     }
@@ -249,8 +235,9 @@ impl GpuOptimizer {
     /// Restores a checkpoint taken from an optimizer of the same configuration, precision,
     /// guard and length: the state, the master, the step count and the scaler's state, so the
     /// next step is the one the saved run would have taken, bit for bit. Anything that
-    /// differs is an [`Error::Checkpoint`] naming it, and nothing is written. Steps recorded
-    /// and not submitted must not be pending.
+    /// differs is an [`Error::Checkpoint`] naming it, and nothing is written. Restore the
+    /// parameters before: a checkpoint without a master (a CPU one before its first step)
+    /// makes the master the parameters as they are.
     pub fn restore(&mut self, gpu: &Gpu, checkpoint: &Checkpoint) -> Result<()> {
         let spec = TensorSpec::new(FLAT, &[self.len()]);
         checkpoint.check_fits(
@@ -258,9 +245,10 @@ impl GpuOptimizer {
             self.guard().map(|g| g.config()),
             &[(self.config(), vec![&spec])],
         )?;
+        self.require_settled(gpu)?;
         let current = read_group(self, gpu)?;
-        restore_gpu(self, gpu, checkpoint, 0, &[0], current)?;
-        restore_guard(self.guard(), gpu, checkpoint)
+        restore_guard(self.guard(), gpu, checkpoint)?;
+        restore_gpu(self, gpu, checkpoint, 0, &[(&spec, 0)], current)
     }
 }
 
@@ -268,24 +256,16 @@ impl ModelOptimizer {
     /// Takes a checkpoint of every group (see [`GpuOptimizer::checkpoint`]), one entry per
     /// model tensor by its name (the padding between tensors is not saved).
     pub fn checkpoint(&mut self, gpu: &Gpu) -> Result<Checkpoint> {
+        for group in self.groups_mut() {
+            group.require_settled(gpu)?;
+        }
         let layout = self.layout().clone();
-        let guard = match self.guard() {
-            Some(guard) => {
-                let report = guard.read(gpu)?;
-                Some((*guard.config(), report.scaler_state()))
-            }
-            None => None,
-        };
+        let guard = guard_state(self.guard(), gpu)?;
         let (precision, configs) = (self.precision(), self.configs().to_vec());
         let indices = self.group_indices().to_vec();
         let mut taken = Vec::new();
-        for (g, (&(start, _), config)) in layout.group_ranges().iter().zip(&configs).enumerate() {
-            let tensors: Vec<(&TensorSpec, usize)> = layout
-                .segments()
-                .iter()
-                .filter(|s| s.group == g)
-                .map(|s| (&s.tensor, s.offset - start))
-                .collect();
+        for (g, config) in configs.iter().enumerate() {
+            let (start, tensors) = tensors_of_group(&layout, g);
             match indices.iter().position(|&i| i == g) {
                 Some(k) => taken.push(take_gpu(&mut self.groups_mut()[k], gpu, tensors, start)?),
                 None => taken.push(Taken {
@@ -305,8 +285,8 @@ impl ModelOptimizer {
 
     /// Restores a checkpoint of a model with the same tensors (names and shapes) in the same
     /// groups, optimizers, options, precision and guard (see [`GpuOptimizer::restore`]); the
-    /// tensors may lie at other offsets (another device's alignment). Nothing is written
-    /// unless everything matches.
+    /// tensors may lie in another order and at other offsets (another device's alignment).
+    /// Nothing is written unless everything matches.
     pub fn restore(&mut self, gpu: &Gpu, checkpoint: &Checkpoint) -> Result<()> {
         let layout = self.layout().clone();
         let configs = self.configs().to_vec();
@@ -314,36 +294,51 @@ impl ModelOptimizer {
             .iter()
             .enumerate()
             .map(|(g, config)| {
-                let tensors = layout.segments().iter().filter(|s| s.group == g);
-                (config, tensors.map(|s| &s.tensor).collect())
+                (
+                    config,
+                    tensors_of_group(&layout, g).1.iter().map(|t| t.0).collect(),
+                )
             })
             .collect();
         checkpoint.check_fits(self.precision(), self.guard().map(|g| g.config()), &live)?;
         let indices = self.group_indices().to_vec();
+        for group in self.groups_mut() {
+            group.require_settled(gpu)?;
+        }
         // Read every group before writing any, so that a failed read writes nothing.
         let current = self
             .groups()
             .iter()
             .map(|group| read_group(group, gpu))
             .collect::<Result<Vec<_>>>()?;
+        restore_guard(self.guard(), gpu, checkpoint)?;
         for ((group, &g), current) in self.groups_mut().iter_mut().zip(&indices).zip(current) {
-            let start = layout.group_ranges()[g].0;
-            let starts: Vec<usize> = layout
-                .segments()
-                .iter()
-                .filter(|s| s.group == g)
-                .map(|s| s.offset - start)
-                .collect();
-            restore_gpu(group, gpu, checkpoint, g, &starts, current)?;
+            let (_, tensors) = tensors_of_group(&layout, g);
+            restore_gpu(group, gpu, checkpoint, g, &tensors, current)?;
         }
-        restore_guard(self.guard(), gpu, checkpoint)
+        Ok(())
     }
 }
 
-/// What a GPU group holds now: its state, its master, its parameters widened.
+/// Where group `g` starts in the flat buffers, and each of its tensors with its start in the
+/// group's range.
+fn tensors_of_group(layout: &crate::ModelLayout, g: usize) -> (usize, Vec<(&TensorSpec, usize)>) {
+    let start = layout.group_ranges()[g].0;
+    let tensors = layout
+        .segments()
+        .iter()
+        .filter(|s| s.group == g)
+        .map(|s| (&s.tensor, s.offset - start))
+        .collect();
+    (start, tensors)
+}
+
+/// What a GPU group holds now: its state, its master, its parameters widened (read before
+/// anything is written, so that padding keeps its values and a failed read changes nothing).
 struct Current {
     state: Vec<(&'static str, Vec<f32>)>,
     master: Option<Vec<f32>>,
+    /// Only where a master is kept but the checkpoint may have none.
     params: Option<Vec<f32>>,
 }
 
@@ -356,6 +351,7 @@ fn read_group(opt: &GpuOptimizer, gpu: &Gpu) -> Result<Current> {
     })
 }
 
+/// One GPU group as a checkpoint stores it.
 fn take_gpu<'a>(
     opt: &mut GpuOptimizer,
     gpu: &Gpu,
@@ -380,22 +376,28 @@ fn take_gpu<'a>(
     })
 }
 
+/// Writes group `g` of the checkpoint into a GPU group: `current` with every tensor's part
+/// replaced, the master, the step count.
 fn restore_gpu(
     opt: &mut GpuOptimizer,
     gpu: &Gpu,
     checkpoint: &Checkpoint,
     g: usize,
-    starts: &[usize],
+    tensors: &[(&TensorSpec, usize)],
     current: Current,
 ) -> Result<()> {
-    let state = checkpoint.state_of(g, starts, current.state);
+    let mut state = current.state;
+    for (slot, values) in &mut state {
+        checkpoint.overwrite(tensors, slot, values);
+    }
     let views: Vec<(&str, &[f32])> = state.iter().map(|(n, v)| (*n, &v[..])).collect();
     opt.write_state(gpu, &views)?;
     if let Some(mut master) = current.master {
-        match checkpoint.has_master() {
-            true => checkpoint.overwrite(g, starts, MASTER, &mut master),
+        match (checkpoint.has_master(), current.params) {
+            (true, _) => checkpoint.overwrite(tensors, MASTER, &mut master),
             // Saved before the first step (on the CPU): the master is the parameters widened.
-            false => master = current.params.unwrap_or(master),
+            (false, Some(params)) => master = params,
+            (false, None) => {}
         }
         opt.write_master(gpu, &master)?;
     }
@@ -409,11 +411,9 @@ fn restore_gpu(
     }
 }
 
-fn restore_guard(
-    guard: Option<&crate::gpu::GradGuard>,
-    gpu: &Gpu,
-    checkpoint: &Checkpoint,
-) -> Result<()> {
+/// Restores the scaler's state where both sides have a guard (`check_fits` made sure they
+/// agree).
+fn restore_guard(guard: Option<&GradGuard>, gpu: &Gpu, checkpoint: &Checkpoint) -> Result<()> {
     match (guard, &checkpoint.guard) {
         (Some(guard), Some((_, state))) => guard.restore(gpu, *state),
         _ => Ok(()),
@@ -449,6 +449,7 @@ impl CpuOptimizer {
     /// changes unless everything matches.
     pub fn restore(&mut self, guard: Option<&mut CpuGuard>, checkpoint: &Checkpoint) -> Result<()> {
         let spec = TensorSpec::new(FLAT, &[self.len()]);
+        let tensors = [(&spec, 0)];
         checkpoint.check_fits(
             self.precision(),
             guard.as_ref().map(|g| g.guard()),
@@ -458,11 +459,11 @@ impl CpuOptimizer {
             guard.restore(*state)?;
         }
         for (slot, values) in self.state_mut() {
-            checkpoint.overwrite(0, &[0], slot, values);
+            checkpoint.overwrite(&tensors, slot, values);
         }
         if checkpoint.has_master() {
             let mut master = vec![0.0; self.len()];
-            checkpoint.overwrite(0, &[0], MASTER, &mut master);
+            checkpoint.overwrite(&tensors, MASTER, &mut master);
             self.set_master(&master)?;
         } else {
             self.clear_master();

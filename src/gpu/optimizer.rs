@@ -398,6 +398,26 @@ impl GpuOptimizer {
         }
     }
 
+    /// Fails if guarded steps were recorded that have not run (not submitted): a checkpoint
+    /// taken or restored then would not match what the device does next. Without a guard
+    /// the device keeps no count to compare with, and the caller keeps this order.
+    pub(crate) fn require_settled(&mut self, gpu: &Gpu) -> Result<()> {
+        self.check_device(gpu)?;
+        if let Some(guarded) = &mut self.guarded {
+            let (run, _) = guarded.confirm(gpu)?;
+            if guarded.recorded > run {
+                return Err(Error::InvalidSetting {
+                    what: "checkpoint".into(),
+                    message: format!(
+                        "{} guarded steps are recorded and not submitted: submit them first",
+                        guarded.recorded - run
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The storage precision.
     pub fn precision(&self) -> Precision {
         self.precision
@@ -687,8 +707,8 @@ impl GpuOptimizer {
                 let mut values = Vec::with_capacity(self.len);
                 for piece in &self.pieces {
                     let buffer = &piece.state[k].1;
-                    match (self.precision, self.precision.half_format()) {
-                        (Precision::Half(_), Some(format)) => values.extend(
+                    match self.precision.state_format() {
+                        Some(format) => values.extend(
                             gpu.download_half(buffer, 0, piece.len)?
                                 .into_iter()
                                 .map(|bits| format.widen(bits)),
@@ -700,6 +720,7 @@ impl GpuOptimizer {
             })
             .collect()
     }
+
     /// Sets every state tensor (all pieces, in order) by PyTorch's state name, as
     /// [`Self::read_state`] gives them, rounded to nearest even where the state is 16-bit
     /// (exact for values of the format). Each tensor this configuration keeps must be given
@@ -740,8 +761,8 @@ impl GpuOptimizer {
             for piece in &self.pieces {
                 let (head, tail) = rest.split_at(piece.len);
                 let buffer = &piece.state[k].1;
-                match (self.precision, self.precision.half_format()) {
-                    (Precision::Half(_), Some(format)) => {
+                match self.precision.state_format() {
+                    Some(format) => {
                         let bits: Vec<u16> = head.iter().map(|&v| format.round(v)).collect();
                         gpu.write_half(buffer, 0, &bits)?;
                     }
@@ -763,8 +784,8 @@ fn state_buffer(
     len: u64,
     init: f32,
 ) -> Result<wgpu::Buffer> {
-    match (precision, precision.half_format()) {
-        (Precision::Half(_), Some(format)) => {
+    match precision.state_format() {
+        Some(format) => {
             let words = len.div_ceil(2);
             let buffer = gpu.zeros(label, words as usize)?;
             let bits = u32::from(format.round(init));

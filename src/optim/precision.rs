@@ -127,6 +127,22 @@ impl Precision {
         if self.half_format().is_some() { 2 } else { 4 }
     }
 
+    /// The 16-bit format of the optimizer state, `None` where it is f32.
+    pub fn state_format(self) -> Option<HalfFormat> {
+        match self {
+            Self::Half(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The name with the stochastic rounding's seed (`bf16-sr (seed 7)`), for reports.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Stochastic { seed } => format!("bf16-sr (seed {seed})"),
+            p => p.name().into(),
+        }
+    }
+
     /// Bytes of one element of one state tensor.
     pub fn state_bytes(self) -> u64 {
         match self {
