@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use crate::compare::{ErrorStats, Tolerance};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{BufferRange, BufferSet, Gpu, GpuOptimizer, Piece};
 use crate::model::TensorSpec;
 use crate::optim::{Guard, LossScaler, Optimizer, Precision};
@@ -446,7 +446,7 @@ pub fn guarded_against_cpu(
         );
     }
     if gpu_opt.read_step_count(gpu)? != cpu_opt.step_count() {
-        return Err(crate::Error::InvalidSetting {
+        return Err(Error::InvalidSetting {
             what: "guarded step count".into(),
             message: format!(
                 "the device counted {} steps, the CPU {}",

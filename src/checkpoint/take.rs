@@ -5,7 +5,7 @@
 use super::{Checkpoint, Entry, Group, MASTER, Tensor, state_name};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptimizer, GradGuard};
-use crate::model::{ModelOptimizer, TensorSpec};
+use crate::model::{ModelLayout, ModelOptimizer, TensorSpec};
 use crate::optim::{Guard, Optimizer, Precision, ScalerState};
 use crate::reference::{CpuGuard, CpuOptimizer};
 
@@ -322,7 +322,7 @@ impl ModelOptimizer {
 
 /// Where group `g` starts in the flat buffers, and each of its tensors with its start in the
 /// group's range.
-fn tensors_of_group(layout: &crate::ModelLayout, g: usize) -> (usize, Vec<(&TensorSpec, usize)>) {
+fn tensors_of_group(layout: &ModelLayout, g: usize) -> (usize, Vec<(&TensorSpec, usize)>) {
     let start = layout.group_ranges()[g].0;
     let tensors = layout
         .segments()
