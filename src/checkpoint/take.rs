@@ -246,7 +246,7 @@ impl GpuOptimizer {
             &[(self.config(), vec![&spec])],
         )?;
         self.require_settled(gpu)?;
-        let current = read_group(self, gpu)?;
+        let current = read_group(self, gpu, checkpoint)?;
         restore_guard(self.guard(), gpu, checkpoint)?;
         restore_gpu(self, gpu, checkpoint, 0, &[(&spec, 0)], current)
     }
@@ -309,7 +309,7 @@ impl ModelOptimizer {
         let current = self
             .groups()
             .iter()
-            .map(|group| read_group(group, gpu))
+            .map(|group| read_group(group, gpu, checkpoint))
             .collect::<Result<Vec<_>>>()?;
         restore_guard(self.guard(), gpu, checkpoint)?;
         for ((group, &g), current) in self.groups_mut().iter_mut().zip(&indices).zip(current) {
@@ -338,16 +338,17 @@ fn tensors_of_group(layout: &ModelLayout, g: usize) -> (usize, Vec<(&TensorSpec,
 struct Current {
     state: Vec<(&'static str, Vec<f32>)>,
     master: Option<Vec<f32>>,
-    /// Only where a master is kept but the checkpoint may have none.
+    /// Only where a master is kept and the checkpoint has none.
     params: Option<Vec<f32>>,
 }
 
-fn read_group(opt: &GpuOptimizer, gpu: &Gpu) -> Result<Current> {
+fn read_group(opt: &GpuOptimizer, gpu: &Gpu, checkpoint: &Checkpoint) -> Result<Current> {
     let has_master = opt.precision().has_master();
+    let from_params = has_master && !checkpoint.has_master();
     Ok(Current {
         state: opt.read_state(gpu)?,
         master: has_master.then(|| opt.read_master(gpu)).transpose()?,
-        params: has_master.then(|| opt.read_params(gpu)).transpose()?,
+        params: from_params.then(|| opt.read_params(gpu)).transpose()?,
     })
 }
 
