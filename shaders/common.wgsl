@@ -1,8 +1,9 @@
 // Shared by every kernel: the one entry point and its launch shape, and the pieces of the
 // optimizers' updates. A kernel is compiled as this file followed by the files that define
 // `fn units() -> u32` (how many units of work the bound chunk holds) and `fn visit(u: u32)`
-// (the work on unit `u`): `precision.wgsl` and an optimizer's file for the optimizers
-// (`src/kernels/mod.rs` composes them), `copy.wgsl` for the copy roofline.
+// (the work on unit `u`): `precision.wgsl` (dense) or `sparse.wgsl` (row-sparse) and an
+// optimizer's file for the optimizers (`src/kernels/` composes them), `copy.wgsl` for the copy
+// roofline.
 
 /// Threads per workgroup (the host's `LaunchShape`).
 override WORKGROUP_SIZE: u32 = 256u;
@@ -48,6 +49,17 @@ fn step(
         }
         first += stride;
     }
+}
+
+/// One element as an optimizer's `update` sees it, in f32: parameter, gradient and up to three
+/// state values (`s0`.. in the KernelSpec's order; zero where unbound). `precision.wgsl` and
+/// `sparse.wgsl` load and store it.
+struct Element {
+    param: f32,
+    grad: f32,
+    s0: f32,
+    s1: f32,
+    s2: f32,
 }
 
 /// The gradient the update sees: negated under `maximize`, plus coupled (L2) weight decay

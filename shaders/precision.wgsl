@@ -65,16 +65,6 @@ struct StepBits {
 @group(0) @binding(7) var<uniform> step_bits: StepBits;
 @group(0) @binding(8) var<storage, read_write> master: array<u32>;
 
-/// One element as the update sees it, in f32: parameter, gradient and up to three state
-/// values (`s0`.. in the KernelSpec's order; zero where unbound).
-struct Element {
-    param: f32,
-    grad: f32,
-    s0: f32,
-    s1: f32,
-    s2: f32,
-}
-
 fn units() -> u32 {
     if HALF {
         // Words; a chunk holds at most 2^31 elements, so this cannot wrap.

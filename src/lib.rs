@@ -19,11 +19,11 @@ pub use compare::{ErrorStats, Tolerance};
 pub use error::{Error, Result};
 pub use gpu::{
     BufferRange, BufferSet, CallerScale, Gpu, GpuCopy, GpuOptimizer, GpuOptions, GradGuard,
-    GuardReport, Piece,
+    GuardReport, Piece, SparseGpuOptimizer,
 };
 pub use model::{ModelLayout, ModelOptimizer, Segment, TensorSpec};
 pub use optim::{
     Adadelta, Adagrad, Adam, Guard, HalfFormat, LossScaler, Optimizer, Precision, Rmsprop,
-    Schedule, Scheduler, Sgd,
+    Schedule, Scheduler, Sgd, SparseAdam, SparseOptimizer,
 };
-pub use reference::{CpuGuard, CpuOptimizer};
+pub use reference::{CpuGuard, CpuOptimizer, CpuSparse};

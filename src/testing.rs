@@ -13,10 +13,10 @@ use rand_distr::StandardNormal;
 
 use crate::compare::{ErrorStats, Tolerance};
 use crate::error::{Error, Result};
-use crate::gpu::{BufferRange, BufferSet, Gpu, GpuOptimizer, Piece};
+use crate::gpu::{BufferRange, BufferSet, Gpu, GpuOptimizer, Piece, SparseGpuOptimizer};
 use crate::model::TensorSpec;
-use crate::optim::{Guard, LossScaler, Optimizer, Precision};
-use crate::reference::{CpuGuard, CpuOptimizer, Execution};
+use crate::optim::{Guard, LossScaler, Optimizer, Precision, SparseOptimizer};
+use crate::reference::{CpuGuard, CpuOptimizer, CpuSparse, Execution};
 
 /// Environment variable that turns a missing adapter from a failure into a skip.
 pub const SKIP_VAR: &str = "FUSEDOPT_SKIP_GPU_TESTS";
@@ -70,6 +70,23 @@ pub fn golden_files() -> Vec<PathBuf> {
     assert!(
         files.len() >= 10,
         "the golden trajectories are in {}",
+        dir.display()
+    );
+    files
+}
+
+/// The row-sparse trajectories (format 3) in the repository's `tests/golden/sparse`, sorted.
+pub fn sparse_golden_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/sparse");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "the sparse trajectories are in {}",
         dir.display()
     );
     files
@@ -524,4 +541,152 @@ pub fn transformer_near(params: usize) -> Vec<TensorSpec> {
         .min_by_key(|&d| count(d).abs_diff(params))
         .expect("a non-empty range");
     transformer_tensors(d, 12, 8192, 1024)
+}
+
+/// How a sparse validation case looks rows up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookups {
+    /// Uniformly random rows, a few of them repeated.
+    Random,
+    /// Few distinct rows, each looked up many times.
+    HeavyDuplicates,
+    /// Only the first and the last row, interleaved.
+    FirstAndLast,
+    /// No lookup at all (the step still counts).
+    Empty,
+}
+
+/// One sparse validation case: a table, and the lookups of each step.
+#[derive(Clone, Debug)]
+pub struct SparseCase {
+    /// Short name for tables.
+    pub name: &'static str,
+    /// Rows of the table.
+    pub rows: usize,
+    /// Elements per row.
+    pub dim: usize,
+    /// Lookups per step.
+    pub k: usize,
+    /// How rows are chosen.
+    pub lookups: Lookups,
+}
+
+/// The cases `fusedopt validate` and the tests run for every sparse optimizer: random rows,
+/// heavy duplicates, the first and last rows, no lookup, and far more lookups than rows (odd
+/// dims and counts, so no power of two hides a bound).
+pub fn sparse_cases() -> Vec<SparseCase> {
+    let case = |name, rows, dim, k, lookups| SparseCase {
+        name,
+        rows,
+        dim,
+        k,
+        lookups,
+    };
+    vec![
+        case("random", 1000, 16, 300, Lookups::Random),
+        case("duplicates", 500, 7, 257, Lookups::HeavyDuplicates),
+        case("first+last", 64, 33, 19, Lookups::FirstAndLast),
+        case("k=0", 100, 8, 0, Lookups::Empty),
+        case("k>>rows", 5, 3, 2500, Lookups::Random),
+        case("one row", 1, 5, 9, Lookups::Random),
+    ]
+}
+
+/// Seeded lookups of `case` for one step: row indices and one gradient row each (values
+/// spread over decades, some exactly zero).
+pub fn sparse_lookups(case: &SparseCase, rng: &mut StdRng) -> (Vec<u32>, Vec<f32>) {
+    let rows = case.rows as u32;
+    let indices: Vec<u32> = (0..case.k)
+        .map(|i| match case.lookups {
+            Lookups::Random | Lookups::Empty => rng.random_range(0..rows),
+            Lookups::HeavyDuplicates => rng.random_range(0..rows.min(6)) * (rows / 6).max(1),
+            Lookups::FirstAndLast => {
+                if i % 2 == 0 {
+                    0
+                } else {
+                    rows - 1
+                }
+            }
+        })
+        .collect();
+    let values = (0..case.k * case.dim)
+        .map(|_| {
+            if rng.random_bool(0.05) {
+                0.0
+            } else {
+                10f32.powf(rng.random_range(-3.0..1.0)) * rng.sample::<f32, _>(StandardNormal)
+            }
+        })
+        .collect();
+    (indices, values)
+}
+
+/// Runs the sparse `config` for `steps` steps of `case` on the GPU and on the CPU reference
+/// from the same seeded data, comparing the whole table and every state tensor after each
+/// step. The table sits between poisoned guard words in its buffer, and a report of any
+/// write outside it is an error.
+pub fn sparse_against_cpu(
+    gpu: &Gpu,
+    config: &SparseOptimizer,
+    case: &SparseCase,
+    steps: u64,
+    seed: u64,
+    tol: &Tolerance,
+) -> Result<Vec<(&'static str, ErrorStats)>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let table: Vec<f32> = (0..case.rows * case.dim)
+        .map(|_| rng.sample(StandardNormal))
+        .collect();
+    let guard = (gpu.limits().storage_offset_alignment / 4) as usize;
+    let mut poisoned = vec![f32::NAN; guard];
+    poisoned.extend(&table);
+    poisoned.extend(vec![f32::NAN; guard]);
+    let table_buffer = gpu.upload("validate/sparse table", &poisoned)?;
+    let capacity = case.k.max(1);
+    let indices = gpu.zeros("validate/sparse indices", capacity)?;
+    let values = gpu.zeros("validate/sparse values", capacity * case.dim)?;
+    let range = BufferRange {
+        buffer: &table_buffer,
+        offset: guard as u64,
+        len: table.len(),
+    };
+    let mut on_gpu =
+        SparseGpuOptimizer::new(gpu, config.clone(), range, case.dim, &indices, &values)?;
+    let mut on_cpu = CpuSparse::new(config.clone(), table, case.dim)?;
+    let mut tensors = vec![("param", ErrorStats::default())];
+    tensors.extend(
+        config
+            .state_init()
+            .into_iter()
+            .map(|(name, _)| (name, ErrorStats::default())),
+    );
+    for t in 1..=steps {
+        let (idx, vals) = sparse_lookups(case, &mut rng);
+        let lr = schedule(config.lr(), t);
+        if !idx.is_empty() {
+            gpu.queue()
+                .write_buffer(&indices, 0, bytemuck::cast_slice(&idx));
+            gpu.write(&values, 0, &vals)?;
+        }
+        on_gpu.step_with_lr(gpu, idx.len(), lr)?;
+        on_cpu.step_with_lr(&idx, &vals, lr)?;
+        tensors[0]
+            .1
+            .add(tol, t, &on_gpu.read_table(gpu)?, on_cpu.table());
+        for ((_, stats), ((_, got), (_, want))) in tensors[1..]
+            .iter_mut()
+            .zip(on_gpu.read_state(gpu)?.iter().zip(on_cpu.state()))
+        {
+            stats.add(tol, t, got, want);
+        }
+    }
+    let whole = gpu.download(&table_buffer, 0, poisoned.len())?;
+    let outside = whole[..guard].iter().chain(&whole[whole.len() - guard..]);
+    if let Some(x) = outside.copied().find(|x| !x.is_nan()) {
+        return Err(Error::InvalidSetting {
+            what: "sparse step".into(),
+            message: format!("wrote {x} outside the table"),
+        });
+    }
+    Ok(tensors)
 }

@@ -7,8 +7,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use fusedopt::checkpoint::Tensor;
-use fusedopt::golden::Trajectory;
-use fusedopt::testing::golden_files;
+use fusedopt::golden::Recording;
+use fusedopt::testing::{golden_files, sparse_golden_files};
 use fusedopt::{
     Adam, Checkpoint, CpuGuard, CpuOptimizer, Guard, HalfFormat, LossScaler, Optimizer, Precision,
     Rmsprop, Sgd,
@@ -134,6 +134,7 @@ fn scratch(name: &str) -> std::path::PathBuf {
 fn mutated_trajectories_are_read_or_refused_never_a_panic() {
     let files: Vec<(String, Vec<u8>)> = golden_files()
         .into_iter()
+        .chain(sparse_golden_files())
         .map(|f| (f.display().to_string(), std::fs::read(&f).unwrap()))
         .collect();
     let path = scratch("trajectory");
@@ -141,9 +142,9 @@ fn mutated_trajectories_are_read_or_refused_never_a_panic() {
         match case % 16 {
             0 => {
                 std::fs::write(&path, bytes).unwrap();
-                Trajectory::load(&path)
+                Recording::load(&path)
             }
-            _ => Trajectory::parse("fuzz", bytes),
+            _ => Recording::parse("fuzz", bytes),
         }
         .is_ok()
     });

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use fusedopt::kernels::LaunchShape;
 use fusedopt::testing::{gpu_against_cpu_in, guarded_against_cpu, validation_guard, variants};
 use fusedopt::{
-    ErrorStats, Gpu, Optimizer, Precision, Tolerance, golden::Trajectory, gpu::describe_adapter,
+    ErrorStats, Gpu, Optimizer, Precision, Tolerance, golden::Recording, gpu::describe_adapter,
 };
 use fusedopt_cli::bench::{self, BenchOptions, BenchReport, Implementation};
 use fusedopt_cli::error::chain;
@@ -670,33 +670,54 @@ fn check(gpu: Option<&Gpu>, files: &[PathBuf], tol: &Tolerance) -> Result<bool> 
     );
     let mut all_ok = true;
     for file in files {
-        let traj = match Trajectory::load(file) {
-            Ok(t) => t,
+        let recording = match Recording::load(file) {
+            Ok(r) => r,
             Err(e) => {
                 println!("{}: FAILED to load: {}", file.display(), chain(&e));
                 all_ok = false;
                 continue;
             }
         };
-        println!(
-            "{} ({} in {}{}, {} steps × {}; {}; {})",
-            file.display(),
-            traj.optimizer.name(),
-            traj.precision,
-            if traj.guard.is_active() {
-                format!(" with {}", traj.guard.describe())
-            } else {
-                String::new()
-            },
-            traj.steps,
-            traj.n,
-            traj.optimizer.describe(),
-            traj.framework
-        );
-        let mut paths: Vec<(&str, fusedopt::Result<ErrorStats>)> =
-            vec![("cpu", traj.check_cpu(tol))];
-        if let Some(gpu) = gpu {
-            paths.push(("gpu", traj.check_gpu(gpu, tol)));
+        let mut paths: Vec<(&str, fusedopt::Result<ErrorStats>)> = Vec::new();
+        match &recording {
+            Recording::Dense(traj) => {
+                println!(
+                    "{} ({} in {}{}, {} steps × {}; {}; {})",
+                    file.display(),
+                    traj.optimizer.name(),
+                    traj.precision,
+                    if traj.guard.is_active() {
+                        format!(" with {}", traj.guard.describe())
+                    } else {
+                        String::new()
+                    },
+                    traj.steps,
+                    traj.n,
+                    traj.optimizer.describe(),
+                    traj.framework
+                );
+                paths.push(("cpu", traj.check_cpu(tol)));
+                if let Some(gpu) = gpu {
+                    paths.push(("gpu", traj.check_gpu(gpu, tol)));
+                }
+            }
+            Recording::Sparse(traj) => {
+                println!(
+                    "{} ({} on sparse gradients, {} steps × {} lookups into {} rows × {}; every row; {}; {})",
+                    file.display(),
+                    traj.optimizer.name(),
+                    traj.steps,
+                    traj.k,
+                    traj.rows,
+                    traj.dim,
+                    traj.optimizer.describe(),
+                    traj.framework
+                );
+                paths.push(("cpu", traj.check_cpu(tol)));
+                if let Some(gpu) = gpu {
+                    paths.push(("gpu", traj.check_gpu(gpu, tol)));
+                }
+            }
         }
         for (path, stats) in paths {
             match stats {

@@ -15,6 +15,7 @@ mod health;
 mod limits;
 mod optimizer;
 mod range;
+mod sparse;
 mod transfer;
 
 pub use adapter::{GpuOptions, describe as describe_adapter, list as list_adapters};
@@ -26,13 +27,14 @@ pub(crate) use optimizer::GuardSource;
 pub use optimizer::{GpuOptimizer, MAX_UNCONFIRMED_STEPS};
 pub(crate) use range::check_pieces;
 pub use range::{BufferRange, Piece};
+pub use sparse::SparseGpuOptimizer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::kernels::{Grid, GuardStage, Kernel, LaunchShape, PipelineCache};
-use crate::optim::{HalfFormat, Optimizer, Precision};
+use crate::kernels::{Grid, GuardStage, Kernel, LaunchShape, PipelineCache, SparseKernel};
+use crate::optim::{HalfFormat, Optimizer, Precision, SparseOptimizer};
 use health::Health;
 
 /// How long a wait for the GPU may take before it is reported as a [`Error::Timeout`].
@@ -53,6 +55,7 @@ pub struct Gpu {
     launch: LaunchShape,
     health: Health,
     pipelines: PipelineCache,
+    sparse_pipelines: PipelineCache<SparseKernel>,
     timeout: Duration,
 }
 
@@ -119,6 +122,7 @@ impl Gpu {
             launch: LaunchShape::default(),
             health: Health::default(),
             pipelines: PipelineCache::default(),
+            sparse_pipelines: PipelineCache::default(),
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -219,6 +223,20 @@ impl Gpu {
                 Kernel::for_optimizer(&self.device, spec, &overrides)
             })
         })
+    }
+
+    /// The row-sparse kernel of `config` with the current launch shape, compiled on this
+    /// device once per set of override values.
+    pub(crate) fn sparse_kernel(&self, config: &SparseOptimizer) -> Result<Arc<SparseKernel>> {
+        let spec = config.kernel();
+        let mut overrides = config.overrides();
+        overrides.extend(self.launch.overrides());
+        self.sparse_pipelines
+            .get_or_build(spec.name, &overrides, || {
+                self.scoped(&format!("building the sparse {} kernel", spec.name), || {
+                    SparseKernel::new(&self.device, spec, &overrides)
+                })
+            })
     }
 
     /// The guard's `stage` for gradients in `format` (f32 for `None`), compiled once per

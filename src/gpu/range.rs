@@ -131,7 +131,7 @@ pub(crate) fn check_pieces(
 
 /// A range of `size`-byte elements must be non-empty, inside its buffer (to the end of its last
 /// word), aligned, and a storage buffer.
-fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>, size: u64) -> Result<()> {
+pub(crate) fn check_range(gpu: &Gpu, what: &str, range: &BufferRange<'_>, size: u64) -> Result<()> {
     let invalid = |message: String| Error::InvalidBuffer {
         what: what.to_string(),
         message,

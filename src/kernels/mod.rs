@@ -8,8 +8,16 @@
 mod cache;
 mod dispatch;
 mod guard;
+mod sparse;
 
 use std::num::NonZeroU64;
+
+pub use sparse::{
+    SPARSE_INDICES_BINDING, SPARSE_KEYS_BINDING, SPARSE_LOOKUPS_BINDING, SPARSE_RECORD_SIZE,
+    SPARSE_SKIPPED_BINDING, SPARSE_STAGE_BINDING, SPARSE_STATE_BINDING, SPARSE_TABLE_BINDING,
+    SPARSE_VALUES_BINDING, SPARSE_WGSL, sparse_source,
+};
+pub(crate) use sparse::{SparseKernel, sort_stages};
 
 pub(crate) use cache::PipelineCache;
 pub(crate) use dispatch::{Chunked, Grid};

@@ -88,7 +88,7 @@ impl Adagrad {
     }
 }
 
-static KERNEL: KernelSpec = KernelSpec {
+pub(super) static KERNEL: KernelSpec = KernelSpec {
     name: "adagrad",
     source: include_str!("../../shaders/adagrad.wgsl"),
     uniform: uniform_layout!(AdagradScalars {

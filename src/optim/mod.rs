@@ -17,6 +17,8 @@ mod rmsprop;
 mod rule;
 mod schedule;
 mod sgd;
+mod sparse;
+mod sparse_adam;
 
 pub use adadelta::{Adadelta, AdadeltaScalars};
 pub use adagrad::{Adagrad, AdagradScalars};
@@ -30,6 +32,8 @@ pub use rmsprop::{Rmsprop, RmspropScalars};
 pub use rule::{KernelSpec, UniformLayout};
 pub use schedule::{Schedule, Scheduler};
 pub use sgd::{Sgd, SgdScalars};
+pub use sparse::SparseOptimizer;
+pub use sparse_adam::{SparseAdam, SparseAdamScalars};
 
 pub use rule::MAX_STATE;
 pub(crate) use rule::{Block, Mirror, UniformBlock, Visit};

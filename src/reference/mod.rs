@@ -17,9 +17,12 @@ mod guard;
 mod precision;
 mod rmsprop;
 mod sgd;
+mod sparse;
+mod sparse_adam;
 
 pub use fast::{InstructionSet, TASK as FAST_TASK_ELEMENTS};
 pub use guard::CpuGuard;
+pub use sparse::CpuSparse;
 
 use ndarray::{ArrayView1, ArrayViewMut1};
 

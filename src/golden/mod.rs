@@ -2,6 +2,8 @@
 //! format 1 in f32 and format 2 in the 16-bit precisions), and checking the GPU kernels and the
 //! CPU reference against them step by step.
 
+mod sparse;
+
 use std::path::Path;
 
 use ndarray::{ArrayView1, ArrayViewMut1};
@@ -13,6 +15,46 @@ use crate::files::read_safetensors;
 use crate::gpu::{BufferRange, Gpu, GpuOptimizer, Piece};
 use crate::optim::{Guard, GuardOutcome, HalfFormat, LossScaler, Optimizer, Precision};
 use crate::reference::{CpuGuard, CpuOptimizer};
+
+pub use sparse::SparseTrajectory;
+
+/// A reference file of any format: dense (formats 1 and 2) or row-sparse (format 3).
+#[derive(Clone, Debug)]
+pub enum Recording {
+    /// Format 1 or 2: a flat parameter tensor.
+    Dense(Trajectory),
+    /// Format 3: an embedding table with sparse gradients.
+    Sparse(SparseTrajectory),
+}
+
+impl Recording {
+    /// Reads a reference file, header first in bounded memory, and parses it by its
+    /// `format` metadata.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path_str = path.as_ref().display().to_string();
+        let bytes = read_safetensors(path.as_ref(), |message| Error::Golden {
+            path: path_str.clone(),
+            message,
+        })?;
+        Self::parse(&path_str, &bytes)
+    }
+
+    /// Parses a reference file by its `format` metadata; `path` names it in errors.
+    pub fn parse(path: &str, bytes: &[u8]) -> Result<Self> {
+        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Golden {
+            path: path.to_string(),
+            message: format!("not a safetensors file: {e}"),
+        })?;
+        let format = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("format").cloned());
+        match format.as_deref().map(str::trim) {
+            Some("3") => Ok(Self::Sparse(SparseTrajectory::parse(path, bytes)?)),
+            _ => Ok(Self::Dense(Trajectory::parse(path, bytes)?)),
+        }
+    }
+}
 
 /// One recorded optimizer run.
 #[derive(Clone, Debug)]
