@@ -3,7 +3,6 @@
 //! names its state as the host does, and every override the host sets exists. The kernels come from the
 //! optimizers' own descriptions, so a new optimizer is checked here without a line changed.
 
-use fusedopt::Optimizer;
 use fusedopt::Precision;
 use fusedopt::kernels::{
     self, CHUNK_BINDING, ENTRY_POINT, LaunchShape, MASTER_BINDING, STEP_BITS_BINDING,
@@ -11,6 +10,7 @@ use fusedopt::kernels::{
 };
 use fusedopt::optim::{KernelSpec, MAX_STATE};
 use fusedopt::testing::variants;
+use fusedopt::{Optimizer, SparseOptimizer};
 use wgpu::naga;
 
 fn parse(name: &str, source: &str) -> naga::Module {
@@ -81,43 +81,48 @@ fn every_shader_validates_with_naga() {
 #[test]
 fn uniform_structs_match_their_rust_twins() {
     for (spec, _) in kernels() {
-        let module = parse(spec.name, &kernels::source(spec));
-        let uniform = module
-            .global_variables
-            .iter()
-            .find(|(_, v)| {
-                v.binding
-                    .as_ref()
-                    .is_some_and(|b| b.group == 0 && b.binding == UNIFORM_BINDING)
-            })
-            .map(|(_, v)| v)
-            .unwrap_or_else(|| panic!("{}: binding {UNIFORM_BINDING}", spec.name));
-        assert_eq!(
-            uniform.space,
-            naga::AddressSpace::Uniform,
-            "{}: binding {UNIFORM_BINDING} is a uniform",
-            spec.name
-        );
-        let naga::TypeInner::Struct { members, span } = &module.types[uniform.ty].inner else {
-            panic!("{}: the uniform is a struct", spec.name);
-        };
-        assert_eq!(
-            *span as usize, spec.uniform.size,
-            "{}: WGSL size vs size_of",
-            spec.name
-        );
-        let wgsl: Vec<(&str, usize)> = members
-            .iter()
-            .filter_map(|m| Some((m.name.as_deref()?, m.offset as usize)))
-            .filter(|(n, _)| !n.starts_with('_'))
-            .collect();
-        assert_eq!(
-            wgsl,
-            spec.uniform.fields.to_vec(),
-            "{}: field names and offsets",
-            spec.name
-        );
+        check_uniform(spec, &parse(spec.name, &kernels::source(spec)));
     }
+}
+
+/// The uniform at binding 0 of `module` has the size, field names and offsets of `spec`'s
+/// Rust twin.
+fn check_uniform(spec: &KernelSpec, module: &naga::Module) {
+    let uniform = module
+        .global_variables
+        .iter()
+        .find(|(_, v)| {
+            v.binding
+                .as_ref()
+                .is_some_and(|b| b.group == 0 && b.binding == UNIFORM_BINDING)
+        })
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("{}: binding {UNIFORM_BINDING}", spec.name));
+    assert_eq!(
+        uniform.space,
+        naga::AddressSpace::Uniform,
+        "{}: binding {UNIFORM_BINDING} is a uniform",
+        spec.name
+    );
+    let naga::TypeInner::Struct { members, span } = &module.types[uniform.ty].inner else {
+        panic!("{}: the uniform is a struct", spec.name);
+    };
+    assert_eq!(
+        *span as usize, spec.uniform.size,
+        "{}: WGSL size vs size_of",
+        spec.name
+    );
+    let wgsl: Vec<(&str, usize)> = members
+        .iter()
+        .filter_map(|m| Some((m.name.as_deref()?, m.offset as usize)))
+        .filter(|(n, _)| !n.starts_with('_'))
+        .collect();
+    assert_eq!(
+        wgsl,
+        spec.uniform.fields.to_vec(),
+        "{}: field names and offsets",
+        spec.name
+    );
 }
 
 #[test]
@@ -270,4 +275,33 @@ fn guard_kernel_validates_and_declares_its_entry_points_bindings_and_overrides()
         "const STEP_BITS_WORD: u32 = {}u;",
         kernels::STEP_BITS_OFFSET / 4
     )));
+}
+
+#[test]
+fn every_sparse_kernel_validates_with_its_passes_uniform_and_overrides() {
+    for config in SparseOptimizer::variants() {
+        let spec = config.kernel();
+        let module = parse(spec.name, &kernels::sparse_source(spec));
+        for entry in ["make_keys", "sort", "row_sums", ENTRY_POINT] {
+            assert!(
+                module.entry_points.iter().any(|e| e.name == entry),
+                "sparse {}: entry point {entry}",
+                spec.name
+            );
+        }
+        check_uniform(spec, &module);
+        let declared: Vec<String> = module
+            .overrides
+            .iter()
+            .filter_map(|(_, o)| o.name.clone())
+            .collect();
+        let launch = LaunchShape::default().overrides();
+        for (key, _) in config.overrides().into_iter().chain(launch) {
+            assert!(
+                declared.iter().any(|d| d == key),
+                "sparse {}: override {key} not declared",
+                spec.name
+            );
+        }
+    }
 }

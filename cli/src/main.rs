@@ -6,9 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fusedopt::kernels::LaunchShape;
-use fusedopt::testing::{gpu_against_cpu_in, guarded_against_cpu, validation_guard, variants};
+use fusedopt::testing::{
+    gpu_against_cpu_in, guarded_against_cpu, sparse_against_cpu, sparse_cases, validation_guard,
+    variants,
+};
 use fusedopt::{
-    ErrorStats, Gpu, Optimizer, Precision, Tolerance, golden::Recording, gpu::describe_adapter,
+    ErrorStats, Gpu, Optimizer, Precision, SparseOptimizer, Tolerance, golden::Recording,
+    gpu::describe_adapter,
 };
 use fusedopt_cli::bench::{self, BenchOptions, BenchReport, Implementation};
 use fusedopt_cli::error::chain;
@@ -32,8 +36,8 @@ enum Command {
     /// Run every optimizer under every option combination on the GPU and on the CPU reference
     /// from the same seeded random data, and compare parameters and state after every step.
     Validate {
-        /// Only this optimizer (repeatable).
-        #[arg(long = "optimizer", value_name = "NAME", value_parser = optimizer_names())]
+        /// Only this optimizer (repeatable); the row-sparse ones too (`adagrad` runs both).
+        #[arg(long = "optimizer", value_name = "NAME", value_parser = all_optimizer_names())]
         optimizers: Vec<String>,
         /// Elements per tensor (1048576, 2^20 or 1M).
         #[arg(long, default_value_t = 100_003, value_parser = parse_size)]
@@ -400,6 +404,17 @@ fn optimizer_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(Optimizer::NAMES)
 }
 
+/// The dense optimizers' names and the row-sparse ones' (adagrad once).
+fn all_optimizer_names() -> clap::builder::PossibleValuesParser {
+    let mut names = Optimizer::NAMES.to_vec();
+    names.extend(
+        SparseOptimizer::NAMES
+            .iter()
+            .filter(|n| !Optimizer::NAMES.contains(n)),
+    );
+    clap::builder::PossibleValuesParser::new(names)
+}
+
 /// `1048576`, `2^20` or `1M`/`1K` (binary multiples).
 fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
@@ -576,8 +591,16 @@ fn validate(
     let names: Vec<String> = if optimizers.is_empty() {
         Optimizer::NAMES.iter().map(|s| s.to_string()).collect()
     } else {
-        optimizers.to_vec()
+        optimizers
+            .iter()
+            .filter(|n| !SparseOptimizer::NAMES.contains(&n.as_str()) || n.as_str() == "adagrad")
+            .cloned()
+            .collect()
     };
+    let sparse: Vec<SparseOptimizer> = SparseOptimizer::variants()
+        .into_iter()
+        .filter(|c| optimizers.is_empty() || optimizers.iter().any(|n| n == c.name()))
+        .collect();
     if steps == 0 || precisions.is_empty() {
         return Err(fusedopt_cli::Error::InvalidArgument(
             "nothing to validate: no step or no precision".into(),
@@ -648,6 +671,11 @@ fn validate(
             );
         }
     }
+    if !sparse.is_empty() {
+        let (ok, n) = validate_sparse(gpu, &sparse, (steps, seed), tol)?;
+        all_ok &= ok;
+        cases += n;
+    }
     println!(
         "{cases} configurations: {}",
         if all_ok {
@@ -657,6 +685,67 @@ fn validate(
         }
     );
     Ok(all_ok)
+}
+
+/// The row-sparse optimizers against the CPU reference on every lookup pattern: the whole
+/// table and all state after every step. Returns whether all matched, and the cases run.
+fn validate_sparse(
+    gpu: &Gpu,
+    configs: &[SparseOptimizer],
+    (steps, seed): (u64, u64),
+    tol: &Tolerance,
+) -> Result<(bool, usize)> {
+    println!(
+        "row-sparse steps of an embedding table (indices with duplicates, one gradient row \
+         each), the whole table and all state compared after every step:"
+    );
+    println!(
+        "{:<16} {:<11} {:>5} {:>4} {:>5} {:>10} {:>10} {:>6} {:>4}  {:<11} options",
+        "optimizer",
+        "lookups",
+        "rows",
+        "dim",
+        "k",
+        "max abs",
+        "max rel",
+        "ratio",
+        "step",
+        "worst tensor"
+    );
+    let mut all_ok = true;
+    let mut cases = 0;
+    for config in configs {
+        for case in sparse_cases() {
+            let report = sparse_against_cpu(gpu, config, &case, steps, seed, tol)?;
+            let mut overall = ErrorStats::default();
+            for (_, stats) in &report {
+                overall.merge(stats);
+            }
+            let worst = report
+                .iter()
+                .filter(|(_, s)| s.worst_ratio > 0.0)
+                .max_by(|a, b| a.1.worst_ratio.total_cmp(&b.1.worst_ratio))
+                .map_or("-", |(n, _)| n);
+            all_ok &= overall.passed();
+            cases += 1;
+            println!(
+                "{:<16} {:<11} {:>5} {:>4} {:>5} {:>10.2e} {:>10.2e} {:>6.3} {:>4}  {:<11} {}{}",
+                config.name(),
+                case.name,
+                case.rows,
+                case.dim,
+                case.k,
+                overall.max_abs,
+                overall.max_rel,
+                overall.worst_ratio,
+                overall.worst_step,
+                worst,
+                config.describe(),
+                if overall.passed() { "" } else { "  MISMATCH" }
+            );
+        }
+    }
+    Ok((all_ok, cases))
 }
 
 fn check(gpu: Option<&Gpu>, files: &[PathBuf], tol: &Tolerance) -> Result<bool> {
