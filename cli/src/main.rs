@@ -99,6 +99,17 @@ enum Command {
         /// GradScaler defaults) and a clip of the global norm, as rows of their own (GPU).
         #[arg(long)]
         guard: bool,
+        /// Measure the row-sparse steps of an embedding table instead: each sparse optimizer
+        /// against the dense step of the same table at 1 %, 0.1 % and 0.01 % of rows looked up
+        /// (and the CPU reference's sparse step), into sparse.md and sparse.json with --out.
+        #[arg(long)]
+        sparse: bool,
+        /// Rows of the --sparse table.
+        #[arg(long, default_value_t = 1 << 20, value_parser = parse_size)]
+        sparse_rows: usize,
+        /// Elements per row of the --sparse table.
+        #[arg(long, default_value_t = 64)]
+        sparse_dim: usize,
         #[command(flatten)]
         launch: LaunchArgs,
     },
@@ -224,6 +235,9 @@ fn main() -> ExitCode {
             no_rotation,
             precisions,
             guard,
+            sparse,
+            sparse_rows,
+            sparse_dim,
             launch,
         }) => (|| {
             if let Some(dir) = out.as_deref().filter(|d| d.exists() && !d.is_dir()) {
@@ -233,6 +247,18 @@ fn main() -> ExitCode {
                 )));
             }
             let gpu = if cpu_only { None } else { Some(launch.gpu()?) };
+            if sparse {
+                let gpu = gpu.as_ref().ok_or_else(|| {
+                    fusedopt_cli::Error::InvalidArgument("--sparse measures the GPU".into())
+                })?;
+                return bench_sparse(
+                    gpu,
+                    (sparse_rows, sparse_dim),
+                    wall_clock,
+                    time_per_point,
+                    out,
+                );
+            }
             let mut options = BenchOptions::defaults(&optimizers, gpu.as_ref())?;
             if !precisions.is_empty() {
                 options.cases = bench::cases_in(&optimizers, &precisions)?;
@@ -400,6 +426,41 @@ fn write_report(
 }
 
 /// The optimizers the library registers, as the values `--optimizer` takes.
+/// `fusedopt bench --sparse`: the table of sparse against dense steps, and its files.
+fn bench_sparse(
+    gpu: &Gpu,
+    (rows, dim): (usize, usize),
+    wall_clock: bool,
+    time_per_point: u64,
+    out: Option<PathBuf>,
+) -> Result<bool> {
+    if rows == 0 || dim == 0 {
+        return Err(fusedopt_cli::Error::InvalidArgument(
+            "--sparse-rows and --sparse-dim must be at least 1".into(),
+        ));
+    }
+    let timer = bench::GpuTimer::new(gpu, wall_clock)?;
+    let sampling = bench::Sampling {
+        target_time: std::time::Duration::from_millis(time_per_point),
+        ..bench::Sampling::default()
+    };
+    let rows = bench::sparse::run(gpu, rows, dim, &sampling, &timer, true, |m| {
+        eprintln!("{m}")
+    })?;
+    let table = bench::sparse::table(&rows);
+    println!(
+        "GPU {} ({:?} clock), medians:\n{table}",
+        describe_adapter(gpu.adapter_info()),
+        timer.clock()
+    );
+    if let Some(dir) = out {
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let gpu_name = describe_adapter(gpu.adapter_info());
+        bench::sparse::write(&rows, &dir, &gpu_name, &command)?;
+    }
+    Ok(true)
+}
+
 fn optimizer_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(Optimizer::NAMES)
 }

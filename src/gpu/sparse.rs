@@ -227,6 +227,32 @@ impl SparseGpuOptimizer {
         lookups: usize,
         lr: f64,
     ) -> Result<()> {
+        self.record(gpu, encoder, lookups, lr, None)
+    }
+
+    /// Records one step like [`Self::record_step_with_lr`], with the GPU's clock written at
+    /// the start and end of its compute pass (all of its passes), for timing. The device needs
+    /// [`wgpu::Features::TIMESTAMP_QUERY`]; a step of no lookup records no pass to time.
+    pub fn record_step_timed(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        lookups: usize,
+        lr: f64,
+        timestamps: wgpu::ComputePassTimestampWrites<'_>,
+    ) -> Result<()> {
+        gpu.require_timestamps()?;
+        self.record(gpu, encoder, lookups, lr, Some(timestamps))
+    }
+
+    fn record(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        lookups: usize,
+        lr: f64,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
         self.check_device(gpu)?;
         crate::optim::non_negative(self.config.name(), "lr", lr)?;
         if lookups > self.capacity {
@@ -270,7 +296,7 @@ impl SparseGpuOptimizer {
             }
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(self.config.name()),
-                timestamp_writes: None,
+                timestamp_writes,
             });
             let kernel = &self.kernel;
             pass.set_bind_group(0, &self.bind_group, &[0]);

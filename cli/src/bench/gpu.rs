@@ -119,7 +119,7 @@ impl GpuTimer {
 
     /// Runs `warmup` untimed passes (at least one), then collects per-pass times until
     /// `sampling` is satisfied.
-    fn measure(
+    pub(crate) fn measure(
         &self,
         gpu: &Gpu,
         sampling: &Sampling,

@@ -10,6 +10,7 @@ mod cpu;
 mod gpu;
 /// Tables, JSON and the report folder.
 pub mod report;
+pub mod sparse;
 
 use std::time::Duration;
 
