@@ -79,10 +79,11 @@ pub fn run(
         let mut dense_opt = GpuOptimizer::new(gpu, dense.clone(), &table, &grads)?;
         let lr = dense.lr();
         let dense_step = timer.measure(gpu, sampling, sampling.warmup_steps, |enc, ts| {
-            Ok(match ts {
+            match ts {
                 Some(ts) => dense_opt.record_step_timed(gpu, enc, lr, ts)?,
                 None => dense_opt.record_step_with_lr(gpu, enc, lr)?,
-            })
+            }
+            Ok(())
         })?;
         for fraction in FRACTIONS {
             let lookups = ((rows as f64 * fraction).round() as usize).max(1);
@@ -106,10 +107,11 @@ pub fn run(
             )?;
             let lr = sparse.lr();
             let sparse_step = timer.measure(gpu, sampling, sampling.warmup_steps, |enc, ts| {
-                Ok(match ts {
+                match ts {
                     Some(ts) => opt.record_step_timed(gpu, enc, lookups, lr, ts)?,
                     None => opt.record_step_with_lr(gpu, enc, lookups, lr)?,
-                })
+                }
+                Ok(())
             })?;
             let cpu_step = cpu
                 .then(|| cpu_sparse(&sparse, rows, dim, &indices, &values, sampling))
