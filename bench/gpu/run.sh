@@ -126,8 +126,8 @@ if [ "${launch[*]}" != "--workgroup-size 256 --elements-per-invocation 1" ]; the
     tail -1 "$out/validate-default-shape.txt"
 fi
 
-log "$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors "$root"/tests/golden/mixed/*.safetensors
-"$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors "$root"/tests/golden/mixed/*.safetensors \
+log "$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors "$root"/tests/golden/mixed/*.safetensors "$root"/tests/golden/sparse/*.safetensors "$root"/tests/golden/sparse/*.safetensors
+"$bin" check "${launch[@]}" "$root"/tests/golden/*.safetensors "$root"/tests/golden/mixed/*.safetensors "$root"/tests/golden/sparse/*.safetensors \
     > "$out/check.txt" 2>&1 || status=1
 tail -3 "$out/check.txt"
 
@@ -154,6 +154,15 @@ log "$bin" bench --implementation gpu --optimizer adam --optimizer sgd "${precis
     --size "$last_size" "${launch[@]}" --out "$out/fusedopt-bench-precision" \
     > "$out/bench-precision.txt" 2>&1 || status=1
 tail -3 "$out/bench-precision.txt"
+
+# Row-sparse steps of an embedding table against the dense step of the same table, at 1 %,
+# 0.1 % and 0.01 % of rows (2^20 rows of 64; 2^14 quick).
+sparse_rows=2^20
+[ $quick = 1 ] && sparse_rows=2^14
+log "$bin" bench --sparse --sparse-rows "$sparse_rows" "${launch[@]}" --out "$out/fusedopt-bench-sparse"
+"$bin" bench --sparse --sparse-rows "$sparse_rows" "${launch[@]}" --out "$out/fusedopt-bench-sparse" \
+    > "$out/bench-sparse.txt" 2>&1 || status=1
+tail -12 "$out/bench-sparse.txt"
 
 if [ $torch = 1 ] && [ -f "$out/results.json" ]; then
     log "$python" "$here/torch_bench.py" --fusedopt "$out/results.json" --out "$out/torch.json" --device "$device"

@@ -25,6 +25,7 @@ mod plot;
 mod quadratic;
 mod report;
 mod runner;
+pub mod sparse;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -196,6 +197,8 @@ pub struct DemoReport {
     pub adapter: String,
     /// (a) for n = 4 and `large_n`, then (b).
     pub experiments: Vec<Experiment>,
+    /// (c) sparse features through the row-sparse kernels.
+    pub sparse: sparse::SparseExperiment,
     /// Files written under [`DemoOptions::out`].
     pub files: Vec<PathBuf>,
     /// Wall time of the experiments (without writing the files).
@@ -235,9 +238,20 @@ pub fn run(gpu: &Gpu, options: &DemoOptions) -> Result<DemoReport> {
     println!("\n{}", report::text(&experiment));
     experiments.push(experiment);
 
+    let sparse = sparse::run(gpu, options.seed)?;
+    println!("\n(c) Sparse features: Zipf-distributed features, row-sparse kernels");
+    for note in &sparse.notes {
+        println!("  {note}");
+    }
+    print!("{}", sparse::table(&sparse, false));
+    for finding in sparse::findings(&sparse) {
+        println!("{finding}");
+    }
+
     let mut report = DemoReport {
         adapter,
         experiments,
+        sparse,
         files: Vec::new(),
         elapsed: started.elapsed(),
     };
@@ -721,8 +735,23 @@ fn write_files(dir: &std::path::Path, report: &DemoReport) -> Result<Vec<PathBuf
         files.extend(mine.iter().cloned());
         charts.push(mine);
     }
+    let sparse_chart = dir.join("loss-sparse-features.svg");
+    sparse::chart(&sparse_chart, &report.sparse)?;
+    files.push(sparse_chart);
     let path = dir.join("demo.md");
-    std::fs::write(&path, report::markdown(report, &charts)).map_err(io(&path))?;
+    let mut text = report::markdown(report, &charts);
+    text.push_str("\n## (c) Sparse features\n\n");
+    for note in &report.sparse.notes {
+        text.push_str(&format!("- {note}\n"));
+    }
+    text.push('\n');
+    text.push_str(&sparse::table(&report.sparse, true));
+    text.push('\n');
+    for finding in sparse::findings(&report.sparse) {
+        text.push_str(&format!("{finding}\n\n"));
+    }
+    text.push_str("![Sparse features](loss-sparse-features.svg)\n");
+    std::fs::write(&path, text).map_err(io(&path))?;
     files.push(path);
     Ok(files)
 }
