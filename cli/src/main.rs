@@ -828,7 +828,6 @@ fn check(gpu: Option<&Gpu>, files: &[PathBuf], tol: &Tolerance) -> Result<bool> 
                 continue;
             }
         };
-        let mut paths: Vec<(&str, fusedopt::Result<ErrorStats>)> = Vec::new();
         match &recording {
             Recording::Dense(traj) => {
                 println!(
@@ -846,10 +845,6 @@ fn check(gpu: Option<&Gpu>, files: &[PathBuf], tol: &Tolerance) -> Result<bool> 
                     traj.optimizer.describe(),
                     traj.framework
                 );
-                paths.push(("cpu", traj.check_cpu(tol)));
-                if let Some(gpu) = gpu {
-                    paths.push(("gpu", traj.check_gpu(gpu, tol)));
-                }
             }
             Recording::Sparse(traj) => {
                 println!(
@@ -863,11 +858,11 @@ fn check(gpu: Option<&Gpu>, files: &[PathBuf], tol: &Tolerance) -> Result<bool> 
                     traj.optimizer.describe(),
                     traj.framework
                 );
-                paths.push(("cpu", traj.check_cpu(tol)));
-                if let Some(gpu) = gpu {
-                    paths.push(("gpu", traj.check_gpu(gpu, tol)));
-                }
             }
+        }
+        let mut paths = vec![("cpu", recording.check_cpu(tol))];
+        if let Some(gpu) = gpu {
+            paths.push(("gpu", recording.check_gpu(gpu, tol)));
         }
         for (path, stats) in paths {
             match stats {

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use fusedopt::testing::golden_files;
+use fusedopt::testing::{golden_files, sparse_golden_files};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -58,6 +58,7 @@ fn check_command_passes_on_the_repository_copy() {
     }
     let files: Vec<String> = golden_files()
         .iter()
+        .chain(&sparse_golden_files())
         .map(|p| p.display().to_string())
         .collect();
     let mut args = vec!["check"];
@@ -69,6 +70,11 @@ fn check_command_passes_on_the_repository_copy() {
         text.matches("  gpu  ").count(),
         files.len(),
         "one GPU line per file:\n{text}"
+    );
+    assert_eq!(
+        text.matches("on sparse gradients").count(),
+        sparse_golden_files().len(),
+        "format 3 read as such:\n{text}"
     );
 }
 

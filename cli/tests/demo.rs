@@ -135,13 +135,35 @@ fn reduced_demo_shows_the_predicted_effects_and_writes_charts() {
         }
     }
 
-    // Files: one loss chart per experiment, the valley's paths, and demo.md linking them.
+    // (c) Sparse features: every optimizer learns (held-out loss below the start), the two
+    // with a sparse kernel go through it, and each error is measured on both feature sets.
+    let sparse = &report.sparse;
+    assert_eq!(sparse.runs.len(), 6);
+    for r in &sparse.runs {
+        let last = r.losses.last().expect("losses").1;
+        assert!(last < sparse.start && last > 0.0, "{}: {last}", r.label);
+        assert!(r.frequent_error.is_finite() && r.rare_error.is_finite());
+    }
+    let sparse_kernels: Vec<&str> = sparse
+        .runs
+        .iter()
+        .filter(|r| r.kernel == "sparse kernel")
+        .map(|r| r.label.as_str())
+        .collect();
+    assert_eq!(
+        sparse_kernels.len(),
+        2,
+        "Adagrad and SparseAdam: {sparse_kernels:?}"
+    );
+
+    // Files: one loss chart per experiment (the sparse one too), the valley's paths, and
+    // demo.md linking them.
     let svgs: Vec<&PathBuf> = report
         .files
         .iter()
         .filter(|f| f.extension().is_some_and(|e| e == "svg"))
         .collect();
-    assert_eq!(svgs.len(), 4, "{:?}", report.files);
+    assert_eq!(svgs.len(), 5, "{:?}", report.files);
     for svg in &svgs {
         let text = std::fs::read_to_string(svg).expect("readable");
         assert!(text.starts_with("<svg"), "{}", svg.display());
@@ -164,6 +186,10 @@ fn reduced_demo_shows_the_predicted_effects_and_writes_charts() {
         );
     }
     assert!(markdown.contains("| GD η=0.6 |"), "demo.md has the tables");
+    assert!(
+        markdown.contains("## (c) Sparse features"),
+        "and the sparse one"
+    );
 }
 
 #[test]

@@ -54,6 +54,22 @@ impl Recording {
             _ => Ok(Self::Dense(Trajectory::parse(path, bytes)?)),
         }
     }
+
+    /// Runs the recording through the CPU reference, comparing every step.
+    pub fn check_cpu(&self, tol: &Tolerance) -> Result<ErrorStats> {
+        match self {
+            Self::Dense(t) => t.check_cpu(tol),
+            Self::Sparse(t) => t.check_cpu(tol),
+        }
+    }
+
+    /// Runs the recording through the GPU kernel, comparing every step.
+    pub fn check_gpu(&self, gpu: &Gpu, tol: &Tolerance) -> Result<ErrorStats> {
+        match self {
+            Self::Dense(t) => t.check_gpu(gpu, tol),
+            Self::Sparse(t) => t.check_gpu(gpu, tol),
+        }
+    }
 }
 
 /// One recorded optimizer run.
