@@ -117,7 +117,7 @@ enum Command {
     /// descent against Adagrad and the others, measured speed-up beside the predicted one) and
     /// the valley 0.1 x1² + 2 x2². Prints iterations to a stated tolerance per optimizer.
     Demo {
-        /// Write the charts (loss against iteration, valley paths) and demo.md here.
+        /// Write the charts (losses, valley and saddle paths, escape, bias correction) and demo.md here.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Most iterations any optimizer runs on the GPU.

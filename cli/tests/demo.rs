@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use fusedopt_cli::demo::{self, DemoOptions, Experiment, Iterations, RunReport};
+use fusedopt_cli::demo::{self, DemoOptions, Experiment, Iterations, RunReport, saddle};
 
 /// Enough for gradient descent on the valley (about 100 iterations) and Adagrad on the n = 4
 /// quadratic (about 50), and far too few for gradient descent on the latter (millions), so its
@@ -76,6 +76,28 @@ fn assert_follows_exact_gd(experiment: &Experiment, label: &str) {
         "{label}: the library's own check fails: {:?}",
         exact.check
     );
+}
+
+/// Gradient descent on `x² − y²` is `x_k = (1 − 2η)^k x_0`, `y_k = (1 + 2η)^k y_0`: the GPU's
+/// iterates within `8·(k + 1)·u` relative of the closed form, from the f32 start.
+fn assert_follows_saddle_gd(run: &saddle::SaddleRun) {
+    let eta = run.config.lr();
+    let (x0, y0) = run.path[0];
+    assert_eq!(y0, f64::from(run.y0 as f32));
+    for (k, &(x, y)) in run.path.iter().enumerate() {
+        let tolerance = 8.0 * (k + 1) as f64 * U;
+        let exact = (
+            x0 * (1.0 - 2.0 * eta).powi(k as i32),
+            y0 * (1.0 + 2.0 * eta).powi(k as i32),
+        );
+        for (got, want) in [(x, exact.0), (y, exact.1)] {
+            assert!(
+                (got - want).abs() <= tolerance * want.abs(),
+                "GD from y0 = {}: {got} at {k}, exactly {want}",
+                run.y0
+            );
+        }
+    }
 }
 
 #[test]
@@ -156,14 +178,67 @@ fn reduced_demo_shows_the_predicted_effects_and_writes_charts() {
         "Adagrad and SparseAdam: {sparse_kernels:?}"
     );
 
-    // Files: one loss chart per experiment (the sparse one too), the valley's paths, and
-    // demo.md linking them.
+    // (d) The saddle: every run escapes; gradient descent follows its closed form and slows by
+    // ln 10 / ln(1 + 2η) iterations per factor 10 closer to the ridge; Adagrad, RMSprop and
+    // Adam escape in as many iterations from every start.
+    let saddle = &report.saddle;
+    assert_eq!(saddle.runs.len(), 7 * saddle::STARTS.len());
+    for r in &saddle.runs {
+        let k = r
+            .escape
+            .unwrap_or_else(|| panic!("{} from {} escapes", r.label, r.y0));
+        assert_eq!(r.path.len() as u64, k + 1);
+        let (x, y) = r.path[k as usize];
+        assert!(
+            x * x - y * y <= saddle::ESCAPE,
+            "{}: f = {}",
+            r.label,
+            x * x - y * y
+        );
+        let (x, y) = r.path[k as usize - 1];
+        assert!(
+            x * x - y * y > saddle::ESCAPE,
+            "{}: the first escaped iterate",
+            r.label
+        );
+    }
+    for y0 in saddle::STARTS {
+        assert_follows_saddle_gd(saddle.run("GD", y0).expect("GD"));
+    }
+    let escape = |label: &str, y0: f64| saddle.run(label, y0).and_then(|r| r.escape).unwrap();
+    let (far, near) = (saddle::STARTS[0], saddle::STARTS[2]);
+    let per_decade = (escape("GD", near) - escape("GD", far)) as f64 / (far / near).log10();
+    assert!(
+        (per_decade - 10f64.ln() / 1.1f64.ln()).abs() < 0.5,
+        "GD: {per_decade} iterations per factor 10"
+    );
+    for label in ["Adagrad", "RMSprop", "Adam"] {
+        assert_eq!(escape(label, far), escape(label, near), "{label}");
+        assert!(
+            escape(label, near) * 5 < escape("GD", near),
+            "{label} escapes faster"
+        );
+    }
+
+    // (e) Bias correction: the GPU's moments are (1 − β^k)·G to f32 accuracy, the corrected
+    // step is lr, and the uncorrected one starts at (1 − β1)/√(1 − β2).
+    let bias = &report.bias;
+    assert!(bias.first_error < 4e-6, "m_k: {}", bias.first_error);
+    assert!(bias.second_error < 1e-4, "v_k: {}", bias.second_error);
+    assert!(bias.step_error < 3e-4, "step: {}", bias.step_error);
+    let first = &bias.samples[0];
+    assert_eq!(first.k, 1);
+    assert!((first.uncorrected - 0.1 / 0.001f64.sqrt()).abs() < 1e-5);
+    assert_eq!(bias.samples.last().map(|s| s.k), Some(demo::bias::STEPS));
+
+    // Files: one loss chart per experiment (the sparse one too), the valley's and the saddle's
+    // paths, the escape and bias-correction charts, and demo.md linking them.
     let svgs: Vec<&PathBuf> = report
         .files
         .iter()
         .filter(|f| f.extension().is_some_and(|e| e == "svg"))
         .collect();
-    assert_eq!(svgs.len(), 5, "{:?}", report.files);
+    assert_eq!(svgs.len(), 8, "{:?}", report.files);
     for svg in &svgs {
         let text = std::fs::read_to_string(svg).expect("readable");
         assert!(text.starts_with("<svg"), "{}", svg.display());
@@ -186,9 +261,21 @@ fn reduced_demo_shows_the_predicted_effects_and_writes_charts() {
         );
     }
     assert!(markdown.contains("| GD η=0.6 |"), "demo.md has the tables");
+    for section in [
+        "## (c) Sparse features",
+        "## (d) Saddle",
+        "## (e) Adam's bias",
+    ] {
+        assert!(markdown.contains(section), "demo.md has {section}");
+    }
     assert!(
-        markdown.contains("## (c) Sparse features"),
-        "and the sparse one"
+        markdown.contains("| Adam | lr=0.1"),
+        "demo.md has the escape table"
+    );
+    let saddle_paths = std::fs::read_to_string(dir.0.join("paths-saddle.svg")).expect("paths");
+    assert!(
+        saddle_paths.contains("GD: escapes in"),
+        "saddle panel titles"
     );
 }
 

@@ -8,6 +8,12 @@
 //! - **(b) The valley** `f(x) = 0.1 x₁² + 2 x₂²` ([`Quadratic::valley`]): gradient descent with
 //!   η = 0.4 crawls along x₁, with η = 0.6 it diverges along x₂; momentum, Nesterov and the
 //!   adaptive methods for comparison.
+//! - **(c) Sparse features** ([`sparse`]): logistic regression on Zipf-distributed features
+//!   through the row-sparse kernels.
+//! - **(d) The saddle** `f(x, y) = x² − y²` ([`saddle`]): seven optimizers from starts close to
+//!   the ridge, and the iterations each needs to escape.
+//! - **(e) Adam's bias correction** ([`bias`]): a constant gradient, and the moments the GPU
+//!   keeps against `m_k = (1 − β1^k)·G`.
 //!
 //! Every update is a fusedopt kernel ([`GpuOptimizer`](fusedopt::GpuOptimizer)); gradients come
 //! from the demo's own small WGSL kernel (`quadratic_grad.wgsl`) recorded before each step, 64
@@ -21,10 +27,12 @@
 //! optimizers are nonlinear (or, for momentum, not monotone): what they do not reach within the
 //! cap is reported as not reached, never extrapolated.
 
+pub mod bias;
 mod plot;
 mod quadratic;
 mod report;
 mod runner;
+pub mod saddle;
 pub mod sparse;
 
 use std::path::PathBuf;
@@ -199,6 +207,10 @@ pub struct DemoReport {
     pub experiments: Vec<Experiment>,
     /// (c) sparse features through the row-sparse kernels.
     pub sparse: sparse::SparseExperiment,
+    /// (d) the saddle.
+    pub saddle: saddle::SaddleExperiment,
+    /// (e) Adam's bias correction.
+    pub bias: bias::BiasExperiment,
     /// Files written under [`DemoOptions::out`].
     pub files: Vec<PathBuf>,
     /// Wall time of the experiments (without writing the files).
@@ -248,10 +260,32 @@ pub fn run(gpu: &Gpu, options: &DemoOptions) -> Result<DemoReport> {
         println!("{finding}");
     }
 
+    let saddle = saddle::run(gpu, &kernel, options.max_iterations)?;
+    println!("\n(d) Saddle f(x, y) = x² − y²: iterations to escape (f ≤ −1)");
+    for note in &saddle.notes {
+        println!("  {note}");
+    }
+    print!("{}", saddle::escape_table(&saddle, false));
+    for finding in saddle::findings(&saddle) {
+        println!("  {finding}");
+    }
+
+    let bias = bias::run(gpu)?;
+    println!("\n(e) Adam's bias correction under a constant gradient");
+    for note in &bias.notes {
+        println!("  {note}");
+    }
+    print!("{}", bias::table_of(&bias, false));
+    for finding in bias::findings(&bias) {
+        println!("  {finding}");
+    }
+
     let mut report = DemoReport {
         adapter,
         experiments,
         sparse,
+        saddle,
+        bias,
         files: Vec::new(),
         elapsed: started.elapsed(),
     };
@@ -751,6 +785,38 @@ fn write_files(dir: &std::path::Path, report: &DemoReport) -> Result<Vec<PathBuf
         text.push_str(&format!("{finding}\n\n"));
     }
     text.push_str("![Sparse features](loss-sparse-features.svg)\n");
+
+    let saddle_paths = dir.join("paths-saddle.svg");
+    saddle::path_chart(&saddle_paths, &report.saddle)?;
+    let saddle_escape = dir.join("escape-saddle.svg");
+    saddle::escape_chart(&saddle_escape, &report.saddle)?;
+    files.extend([saddle_paths, saddle_escape]);
+    text.push_str("\n## (d) Saddle f(x, y) = x² − y²: iterations to escape\n\n");
+    for note in &report.saddle.notes {
+        text.push_str(&format!("- {note}\n"));
+    }
+    text.push('\n');
+    text.push_str(&saddle::escape_table(&report.saddle, true));
+    text.push('\n');
+    for finding in saddle::findings(&report.saddle) {
+        text.push_str(&format!("{finding}\n\n"));
+    }
+    text.push_str("![Saddle paths](paths-saddle.svg)\n\n![Escape](escape-saddle.svg)\n");
+
+    let bias_chart = dir.join("bias-correction.svg");
+    bias::chart(&bias_chart, &report.bias)?;
+    files.push(bias_chart);
+    text.push_str("\n## (e) Adam's bias correction under a constant gradient\n\n");
+    for note in &report.bias.notes {
+        text.push_str(&format!("- {note}\n"));
+    }
+    text.push('\n');
+    text.push_str(&bias::table_of(&report.bias, true));
+    text.push('\n');
+    for finding in bias::findings(&report.bias) {
+        text.push_str(&format!("{finding}\n\n"));
+    }
+    text.push_str("![Bias correction](bias-correction.svg)\n");
     std::fs::write(&path, text).map_err(io(&path))?;
     files.push(path);
     Ok(files)

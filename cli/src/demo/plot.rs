@@ -18,14 +18,15 @@ const COLORS: [RGBColor; 8] = crate::chart::PALETTE;
 /// Iteration counts beyond this get a logarithmic axis.
 const LOG_X_ABOVE: f64 = 2000.0;
 
-const FONT: &str = "sans-serif";
+pub(super) const FONT: &str = "sans-serif";
 
-fn color(k: usize) -> RGBColor {
+/// The colour of run `k`.
+pub(super) fn color(k: usize) -> RGBColor {
     COLORS[k % COLORS.len()]
 }
 
 /// Turns a plotters error into the tool's chart error for `path`.
-fn plot_error<E: std::error::Error + Send + Sync>(
+pub(super) fn plot_error<E: std::error::Error + Send + Sync>(
     path: &Path,
 ) -> impl Fn(DrawingAreaErrorKind<E>) -> Error + '_ {
     move |e| Error::Chart {
@@ -317,19 +318,20 @@ fn level_set(experiment: &Experiment, level: f64) -> Vec<(f64, f64)> {
 }
 
 /// The rectangle `[x.0, x.1] × [y.0, y.1]` a chart shows.
-struct Rect {
-    x: (f64, f64),
-    y: (f64, f64),
+pub(super) struct Rect {
+    pub x: (f64, f64),
+    pub y: (f64, f64),
 }
 
 impl Rect {
-    fn contains(&self, (x, y): (f64, f64)) -> bool {
+    /// Whether the point lies in the box (edges included).
+    pub fn contains(&self, (x, y): (f64, f64)) -> bool {
         (self.x.0..=self.x.1).contains(&x) && (self.y.0..=self.y.1).contains(&y)
     }
 
     /// The parts of a polyline inside the box (plotters does not clip), segment by segment
     /// with Liang–Barsky.
-    fn clip(&self, points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
+    pub fn clip(&self, points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
         let mut pieces: Vec<Vec<(f64, f64)>> = Vec::new();
         let mut current: Vec<(f64, f64)> = Vec::new();
         for pair in points.windows(2) {

@@ -7,8 +7,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::{Error, Result};
 
-/// A quadratic `L(x) = ½ xᵀAx` with `A` symmetric positive definite, so the minimum is 0 at
-/// `x = 0`, and a starting point.
+/// A quadratic `L(x) = ½ xᵀAx` with `A` symmetric, and a starting point. The problems of (a)
+/// and (b) are positive definite, with the minimum 0 at `x = 0`; the saddle of (d) is not.
 ///
 /// Every entry of `A` and of the start is an f32 value (rounded once when the problem is made),
 /// so the GPU, which stores them as f32, and the f64 computations here solve the same problem:

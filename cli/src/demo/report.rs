@@ -21,26 +21,8 @@ pub(super) fn text(experiment: &Experiment) -> String {
         let _ = writeln!(out, "  {note}");
     }
     out.push('\n');
-    let rows: Vec<[String; 5]> = experiment.runs.iter().map(row).collect();
-    let mut widths = HEADER.map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String; 5]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        format!("  {}", padded.join("  ").trim_end())
-    };
-    let _ = writeln!(out, "{}", line(&HEADER.map(String::from)));
-    let _ = writeln!(out, "{}", line(&widths.map(|w| "-".repeat(w))));
-    for row in &rows {
-        let _ = writeln!(out, "{}", line(row));
-    }
+    let rows: Vec<Vec<String>> = experiment.runs.iter().map(|r| row(r).to_vec()).collect();
+    out.push_str(&table(&HEADER, &rows, false));
     let findings = findings(experiment);
     if !findings.is_empty() {
         out.push('\n');
@@ -69,11 +51,8 @@ pub(super) fn markdown(report: &DemoReport, charts: &[Vec<PathBuf>]) -> String {
             let _ = writeln!(out, "- {note}");
         }
         out.push('\n');
-        let _ = writeln!(out, "| {} |", HEADER.join(" | "));
-        let _ = writeln!(out, "|{}", "---|".repeat(HEADER.len()));
-        for run in &experiment.runs {
-            let _ = writeln!(out, "| {} |", row(run).join(" | "));
-        }
+        let rows: Vec<Vec<String>> = experiment.runs.iter().map(|r| row(r).to_vec()).collect();
+        out.push_str(&table(&HEADER, &rows, true));
         out.push('\n');
         for finding in findings(experiment) {
             let _ = writeln!(out, "{finding}\n");
@@ -209,6 +188,40 @@ fn adagrad_preconditioning(experiment: &Experiment) -> Option<String> {
         );
     }
     Some(line)
+}
+
+/// A table as Markdown, or as text in columns padded to their widest cell and indented by two
+/// spaces (stdout).
+pub(super) fn table(header: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
+    let mut out = String::new();
+    if markdown {
+        let _ = writeln!(out, "| {} |", header.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
+        for row in rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        return out;
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let padded: Vec<String> = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        format!("  {}", padded.join("  ").trim_end())
+    };
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    let _ = writeln!(out, "{}", line(&mut header.iter().copied()));
+    let _ = writeln!(out, "{}", line(&mut rule.iter().map(String::as_str)));
+    for row in rows {
+        let _ = writeln!(out, "{}", line(&mut row.iter().map(String::as_str)));
+    }
+    out
 }
 
 /// The hyperparameters that matter, by PyTorch name.

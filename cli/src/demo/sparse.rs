@@ -5,7 +5,6 @@
 //! (SGD, momentum, RMSprop, Adam), scattered into a dense gradient for the dense kernel. The
 //! result is reported as measured, whichever optimizer it favours.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
@@ -330,7 +329,6 @@ fn zipf_cdf() -> Vec<f64> {
 
 /// The experiment as a text table (stdout) or Markdown.
 pub fn table(experiment: &SparseExperiment, markdown: bool) -> String {
-    let mut out = String::new();
     let header = [
         "optimizer",
         "kernel",
@@ -339,37 +337,22 @@ pub fn table(experiment: &SparseExperiment, markdown: bool) -> String {
         "error, rare",
         "rare / frequent",
     ];
-    if markdown {
-        let _ = writeln!(out, "| {} |", header.join(" | "));
-        let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
-    } else {
-        let _ = writeln!(
-            out,
-            "{:<22} {:<14} {:>13} {:>15} {:>11} {:>15}",
-            header[0], header[1], header[2], header[3], header[4], header[5]
-        );
-    }
-    for run in &experiment.runs {
-        let last = run.losses.last().map_or(f64::NAN, |l| l.1);
-        let cells = [
-            run.label.clone(),
-            run.kernel.to_string(),
-            format!("{last:.4}"),
-            format!("{:.3}", run.frequent_error),
-            format!("{:.3}", run.rare_error),
-            format!("{:.1}", run.rare_error / run.frequent_error),
-        ];
-        if markdown {
-            let _ = writeln!(out, "| {} |", cells.join(" | "));
-        } else {
-            let _ = writeln!(
-                out,
-                "{:<22} {:<14} {:>13} {:>15} {:>11} {:>15}",
-                cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
-            );
-        }
-    }
-    out
+    let rows: Vec<Vec<String>> = experiment
+        .runs
+        .iter()
+        .map(|run| {
+            let last = run.losses.last().map_or(f64::NAN, |l| l.1);
+            vec![
+                run.label.clone(),
+                run.kernel.to_string(),
+                format!("{last:.4}"),
+                format!("{:.3}", run.frequent_error),
+                format!("{:.3}", run.rare_error),
+                format!("{:.1}", run.rare_error / run.frequent_error),
+            ]
+        })
+        .collect();
+    report::table(&header, &rows, markdown)
 }
 
 /// What the table shows, measured: which optimizer got the rare features closest, and the
