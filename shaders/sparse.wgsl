@@ -8,7 +8,8 @@
 //   sort      one stage of a bitonic sort of the keys (many dispatches), so the lookups of one
 //             row lie together in lookup order: duplicates are then summed in that order,
 //             the same sum on every run, with no float atomics
-//   row_sums  row-wise state only: each touched row's mean square into its one accumulator
+//   row_sums  row-wise state only: each touched row's mean square into its one accumulator,
+//             one workgroup per row
 //   step      (common.wgsl) one unit per (sorted lookup, column): the first lookup of a row
 //             sums its duplicates' column and hands the element to `update`
 // Every pass costs in proportion to k (or k·dim); the table is only touched where looked up.
@@ -109,36 +110,59 @@ fn first_of_row(j: u32) -> bool {
     return row < lookups.rows && (j == 0u || keys[j - 1u].x != row);
 }
 
+/// Whether sorted lookup `i` exists and belongs to `row`.
+fn in_run(i: u32, row: u32) -> bool {
+    return i < lookups.k && keys[i].x == row;
+}
+
 /// Column `c` of the gradient of the row whose first sorted lookup is `j`: its lookups'
-/// values summed in lookup order.
+/// values summed in lookup order. A row's run of lookups may be as long as `k` (below 2^31),
+/// so it is walked in loops of `ROUNDS` inside loops of `ROUNDS` inside one more (at most 128
+/// rounds): no loop reaches Mesa's cut.
 fn coalesced(j: u32, c: u32) -> f32 {
     let row = keys[j].x;
     var g = values[keys[j].y * lookups.dim + c];
     var i = j + 1u;
     loop {
-        if i >= lookups.k || keys[i].x != row {
+        if !in_run(i, row) {
             break;
         }
-        for (var n = 0u; n < ROUNDS && i < lookups.k && keys[i].x == row; n++) {
-            g = g + values[keys[i].y * lookups.dim + c];
-            i++;
+        for (var outer = 0u; outer < ROUNDS && in_run(i, row); outer++) {
+            for (var n = 0u; n < ROUNDS && in_run(i, row); n++) {
+                g = g + values[keys[i].y * lookups.dim + c];
+                i++;
+            }
         }
     }
     return g;
 }
 
-@compute @workgroup_size(WORKGROUP_SIZE)
+/// Lanes that share one row's sum of squares. A constant rather than the launch shape's
+/// `WORKGROUP_SIZE`, so the order of the sum (which the CPU mirror repeats) is the same on
+/// every device: lane `l` sums columns `l, l + ROW_LANES, ...` in order, then the lanes are
+/// added pairwise, halving.
+const ROW_LANES: u32 = 64u;
+var<workgroup> lane_sums: array<f32, ROW_LANES>;
+var<workgroup> row_starts: u32;
+
+/// One workgroup per sorted lookup; those that start a row add its mean square to the row's
+/// accumulator. The columns are spread over the lanes, so a long row is no one thread's work.
+@compute @workgroup_size(ROW_LANES)
 fn row_sums(
-    @builtin(local_invocation_index) lid: u32,
+    @builtin(local_invocation_index) lane: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let j = invocation(lid, wid, nwg);
-    if j >= lookups.k || !first_of_row(j) {
+    let j = wid.x + wid.y * nwg.x;
+    if lane == 0u {
+        row_starts = u32(j < lookups.k && first_of_row(j));
+    }
+    // Read through a barrier, so the whole workgroup leaves (or stays) together.
+    if workgroupUniformLoad(&row_starts) == 0u {
         return;
     }
     var total = 0.0;
-    var c = 0u;
+    var c = lane;
     loop {
         if c >= lookups.dim {
             break;
@@ -146,11 +170,20 @@ fn row_sums(
         for (var n = 0u; n < ROUNDS && c < lookups.dim; n++) {
             let g = coalesced(j, c);
             total = total + g * g;
-            c++;
+            c += ROW_LANES;
         }
     }
-    let row = keys[j].x;
-    state0[row] = state0[row] + total / f32(lookups.dim);
+    lane_sums[lane] = total;
+    for (var half = ROW_LANES / 2u; half > 0u; half /= 2u) {
+        workgroupBarrier();
+        if lane < half {
+            lane_sums[lane] = lane_sums[lane] + lane_sums[lane + half];
+        }
+    }
+    if lane == 0u {
+        let row = keys[j].x;
+        state0[row] = state0[row] + lane_sums[0] / f32(lookups.dim);
+    }
 }
 
 fn units() -> u32 {

@@ -572,8 +572,8 @@ pub struct SparseCase {
 }
 
 /// The cases `fusedopt validate` and the tests run for every sparse optimizer: random rows,
-/// heavy duplicates, the first and last rows, no lookup, and far more lookups than rows (odd
-/// dims and counts, so no power of two hides a bound).
+/// heavy duplicates, the first and last rows, no lookup, far more lookups than rows, and rows
+/// wider than a workgroup's lanes (odd dims and counts, so no power of two hides a bound).
 pub fn sparse_cases() -> Vec<SparseCase> {
     let case = |name, rows, dim, k, lookups| SparseCase {
         name,
@@ -589,6 +589,9 @@ pub fn sparse_cases() -> Vec<SparseCase> {
         case("k=0", 100, 8, 0, Lookups::Empty),
         case("k>>rows", 5, 3, 2500, Lookups::Random),
         case("one row", 1, 5, 9, Lookups::Random),
+        // Rows wider than the row sums' 64 lanes and no multiple of them, looked up over
+        // and over: every lane and the pairwise halving carry a share.
+        case("wide rows", 50, 203, 600, Lookups::HeavyDuplicates),
     ]
 }
 

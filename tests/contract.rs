@@ -371,3 +371,33 @@ fn a_large_buffer_is_zero_at_both_ends_after_its_check() {
         assert_eq!(gpu.download(&buffer, at, 1).unwrap(), [0.0], "element {at}");
     }
 }
+
+/// A count set to `u64::MAX` has no next step: wrapping to 0 would divide by `1 − β^0 = 0` in
+/// Adam's bias corrections. Both paths refuse it and change nothing.
+#[test]
+fn a_step_past_the_last_count_is_refused_not_wrapped() {
+    let config: Optimizer = Adam::default().into();
+    let start = [0.5f32, -0.25, 2.0];
+    let grads = [0.1f32, 0.2, -0.3];
+    let mut cpu = CpuOptimizer::new(config.clone(), start.len()).unwrap();
+    cpu.set_step_count(u64::MAX);
+    let mut p = start;
+    let err = cpu
+        .step(
+            ArrayViewMut1::from(&mut p[..]),
+            ArrayView1::from(&grads[..]),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSetting { .. }), "{err}");
+    assert_eq!(p, start);
+    assert_eq!(cpu.step_count(), u64::MAX);
+
+    let Some(gpu) = common::gpu() else { return };
+    let params = gpu.upload("test/params", &start).unwrap();
+    let g = gpu.upload("test/grads", &grads).unwrap();
+    let mut opt = GpuOptimizer::new(gpu, config, &params, &g).unwrap();
+    opt.set_step_count(u64::MAX);
+    assert!(matches!(opt.step(gpu), Err(Error::InvalidSetting { .. })));
+    assert_eq!(opt.step_count(), u64::MAX);
+    assert_eq!(opt.read_params(gpu).unwrap(), start);
+}

@@ -289,6 +289,14 @@ fn every_sparse_kernel_validates_with_its_passes_uniform_and_overrides() {
                 spec.name
             );
         }
+        // The row sums' lanes fix the order of the sum the CPU mirror repeats.
+        let row_sums = module.entry_points.iter().find(|e| e.name == "row_sums");
+        assert_eq!(
+            row_sums.map(|e| e.workgroup_size),
+            Some([fusedopt::reference::ROW_SUM_LANES as u32, 1, 1]),
+            "sparse {}: row_sums lanes",
+            spec.name
+        );
         check_uniform(spec, &module);
         let declared: Vec<String> = module
             .overrides

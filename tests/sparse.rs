@@ -323,3 +323,87 @@ fn every_sparse_optimizer_reads_back_its_pytorch_arguments() {
         assert_eq!(back, config);
     }
 }
+
+#[test]
+fn a_run_resumes_from_its_state_bit_for_bit() {
+    let Some(gpu) = common::gpu() else { return };
+    let (rows, dim, k) = (12, 5, 9);
+    let indices: Vec<u32> = (0..k).map(|i| (i * 5 % rows) as u32).collect();
+    let values: Vec<f32> = (0..k * dim).map(|i| (i as f32 * 0.61).cos()).collect();
+    for config in SparseOptimizer::variants() {
+        let (first, start) = Fixture::new(gpu, rows, dim, k);
+        first.lookups(gpu, &indices, &values);
+        let mut opt = first.optimizer(gpu, config.clone()).unwrap();
+        for _ in 0..3 {
+            opt.step(gpu, k).unwrap();
+        }
+        let table = opt.read_table(gpu).unwrap();
+        let state = opt.read_state(gpu).unwrap();
+        assert_ne!(
+            table,
+            start,
+            "{}: three steps move the table",
+            config.name()
+        );
+
+        // A second table resumed from the saved one, state and count.
+        let (second, _) = Fixture::new(gpu, rows, dim, k);
+        second.lookups(gpu, &indices, &values);
+        gpu.write(&second.table, second.guard as u64, &table)
+            .unwrap();
+        let mut resumed = second.optimizer(gpu, config.clone()).unwrap();
+        let saved: Vec<(&str, &[f32])> = state.iter().map(|(n, v)| (*n, &v[..])).collect();
+        resumed.write_state(gpu, &saved).unwrap();
+        resumed.set_step_count(opt.step_count());
+        for _ in 0..2 {
+            opt.step(gpu, k).unwrap();
+            resumed.step(gpu, k).unwrap();
+        }
+        assert_eq!(
+            resumed.read_table(gpu).unwrap(),
+            opt.read_table(gpu).unwrap()
+        );
+        assert_eq!(
+            resumed.read_state(gpu).unwrap(),
+            opt.read_state(gpu).unwrap()
+        );
+
+        // Missing, doubled, unknown or short tensors: an error, nothing written.
+        let before = resumed.read_state(gpu).unwrap();
+        let (name, values) = saved[0];
+        let mut doubled = saved.clone();
+        doubled.push(saved[0]);
+        let mut unknown = saved.clone();
+        unknown.push(("momentum_buffer", values));
+        let mut short = saved.clone();
+        short[saved.len() - 1].1 = &values[1..];
+        for bad in [&saved[1..], &doubled[..], &unknown[..], &short[..]] {
+            let err = resumed.write_state(gpu, bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidSetting { .. } | Error::LengthMismatch { .. }
+                ),
+                "{name}: {err}"
+            );
+            assert_eq!(resumed.read_state(gpu).unwrap(), before);
+        }
+    }
+}
+
+#[test]
+fn a_step_past_the_last_count_is_refused_not_wrapped() {
+    let Some(gpu) = common::gpu() else { return };
+    let (fixture, start) = Fixture::new(gpu, 4, 2, 2);
+    fixture.lookups(gpu, &[1, 2], &[0.5, -0.5, 1.0, 2.0]);
+    let mut opt = fixture
+        .optimizer(gpu, SparseAdam::default().into())
+        .unwrap();
+    opt.set_step_count(u64::MAX);
+    assert!(matches!(
+        opt.step(gpu, 2),
+        Err(Error::InvalidSetting { .. })
+    ));
+    assert_eq!(opt.step_count(), u64::MAX);
+    assert_eq!(opt.read_table(gpu).unwrap(), start);
+}

@@ -534,7 +534,7 @@ impl GpuOptimizer {
     pub(crate) fn stage(&mut self, gpu: &Gpu, lr: f64) -> Result<StagedStep> {
         self.check_device(gpu)?;
         crate::optim::non_negative(self.config.name(), "lr", lr)?;
-        let step = self.step + 1;
+        let step = crate::optim::next_step(self.config.name(), self.step)?;
         let scalars = |t: u64| (self.config.uniform(t, lr), self.precision.step_key(t));
         let bytes = match &mut self.guarded {
             None => {

@@ -19,9 +19,12 @@ const MAX_ELEMENTS: u64 = 1 << 31;
 
 /// An optimizer bound to an embedding table `[rows, dim]` (row-major f32 in the caller's
 /// buffer) and to the buffers in which the caller's backward pass leaves each step's sparse
-/// gradient: up to `capacity` row indices (`u32`; an `i32` index buffer reads the same for
-/// rows below 2^31, and a negative one lands outside the table) and one gradient row of `dim`
-/// f32 per index.
+/// gradient: up to `capacity` row indices and one gradient row of `dim` f32 per index.
+///
+/// The indices are `u32`. An `i32` index buffer reads the same for rows below 2^31 (and a
+/// negative index lands outside the table), but PyTorch's `int64` indices do not: read as
+/// `u32` each would be two lookups, so convert them (`indices.to(torch.int32)`) before they
+/// reach the buffer.
 ///
 /// A step sums the gradient rows of duplicate indices (in lookup order, the same sum on every
 /// run), then updates only the rows looked up and their state; its cost grows with the number
@@ -201,9 +204,62 @@ impl SparseGpuOptimizer {
         self.step
     }
 
-    /// Sets the step count, as after restoring state (the next step is `step + 1`).
+    /// Sets the step count, as after restoring state with [`Self::write_state`] (the next
+    /// step is `step + 1`).
     pub fn set_step_count(&mut self, step: u64) {
         self.step = step;
+    }
+
+    /// Sets every state tensor by PyTorch's name, as [`Self::read_state`] gives them
+    /// (`rows × dim` values each, `rows` for row-wise Adagrad): with the table and
+    /// [`Self::set_step_count`], a run resumes where it was saved. Each tensor this optimizer
+    /// keeps must be given once at its length; an error otherwise, writing nothing. The
+    /// writes are ordered after the work submitted before and before the next submission.
+    pub fn write_state(&self, gpu: &Gpu, state: &[(&str, &[f32])]) -> Result<()> {
+        self.check_device(gpu)?;
+        let mut writes = Vec::with_capacity(self.state.len());
+        for (name, buffer) in &self.state {
+            let given: Vec<&[f32]> = state
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .collect();
+            let [values] = given[..] else {
+                return Err(Error::InvalidSetting {
+                    what: "sparse optimizer state".into(),
+                    message: format!(
+                        "{name} given {} times; the sparse {} optimizer needs it once",
+                        given.len(),
+                        self.config.name()
+                    ),
+                });
+            };
+            let expected = (buffer.size() / 4) as usize;
+            if values.len() != expected {
+                return Err(Error::LengthMismatch {
+                    what: format!("state {name}"),
+                    expected,
+                    got: values.len(),
+                });
+            }
+            writes.push((buffer, values));
+        }
+        if let Some((name, _)) = state
+            .iter()
+            .find(|(n, _)| !self.state.iter().any(|(kept, _)| kept == n))
+        {
+            return Err(Error::InvalidSetting {
+                what: "sparse optimizer state".into(),
+                message: format!(
+                    "the sparse {} optimizer keeps no {name}",
+                    self.config.name()
+                ),
+            });
+        }
+        for (buffer, values) in writes {
+            gpu.write(buffer, 0, values)?;
+        }
+        Ok(())
     }
 
     /// Records one step of the first `lookups` indices and gradient rows, at the configured
@@ -218,7 +274,8 @@ impl SparseGpuOptimizer {
     }
 
     /// Records one step of the first `lookups` indices and gradient rows at learning rate
-    /// `lr` (a schedule's value) into the caller's encoder. On an `Err` nothing is recorded
+    /// `lr` (a schedule's value) into the caller's encoder, which must come from the same
+    /// device (wgpu cannot tell, and fails the submission). On an `Err` nothing is recorded
     /// and the step is not counted.
     pub fn record_step_with_lr(
         &mut self,
@@ -265,7 +322,7 @@ impl SparseGpuOptimizer {
                 got: lookups,
             });
         }
-        let step = self.step + 1;
+        let step = crate::optim::next_step(self.config.name(), self.step)?;
         let k = lookups as u64;
         let padded = k.next_power_of_two();
         let mut bytes = vec![0u8; (UNIFORM_STRIDE + SPARSE_RECORD_SIZE) as usize];
@@ -286,7 +343,15 @@ impl SparseGpuOptimizer {
         let covering = |n: u64| workgroups(n, simple, self.max_per_dimension);
         let keys_grid = covering(padded)?;
         let sort_grid = covering(padded / 2)?;
-        let rows_grid = covering(k)?;
+        // One workgroup of the row sums per sorted lookup.
+        let rows_grid = workgroups(
+            k,
+            LaunchShape {
+                workgroup_size: 1,
+                ..simple
+            },
+            self.max_per_dimension,
+        )?;
         let update_grid = workgroups(k * self.dim as u64, self.shape, self.max_per_dimension)?;
         let stages = (padded.trailing_zeros() * (padded.trailing_zeros() + 1) / 2) as usize;
         gpu.capture("recording a sparse optimizer step", || {
@@ -427,27 +492,7 @@ fn check_shapes(
     }
     let limits = gpu.limits();
     let binding = limits.max_binding_bytes / 4;
-    let padded = (capacity as u64).next_power_of_two();
-    for (what, requested, limit, limit_name) in [
-        (
-            "table elements",
-            table.len as u64,
-            MAX_ELEMENTS.min(binding),
-            "2^31, and max_storage_buffer_binding_size",
-        ),
-        (
-            "lookups times dim",
-            values.len as u64,
-            MAX_ELEMENTS.min(binding),
-            "2^31, and max_storage_buffer_binding_size",
-        ),
-        (
-            "sort keys (lookups to a power of two, 8 bytes each)",
-            padded * 2,
-            binding.min(limits.max_buffer_bytes / 4),
-            "max_storage_buffer_binding_size",
-        ),
-    ] {
+    let within = |what: &str, requested: u64, limit: u64, limit_name: &'static str| {
         if requested > limit {
             return Err(Error::LimitExceeded {
                 what: what.into(),
@@ -456,6 +501,28 @@ fn check_shapes(
                 limit_name,
             });
         }
-    }
+        Ok(())
+    };
+    let elements = "2^31, and max_storage_buffer_binding_size";
+    within(
+        "table elements",
+        table.len as u64,
+        MAX_ELEMENTS.min(binding),
+        elements,
+    )?;
+    within(
+        "lookups times dim",
+        values.len as u64,
+        MAX_ELEMENTS.min(binding),
+        elements,
+    )?;
+    // Below 2^31 lookups now, so the power of two does not overflow.
+    let padded = (capacity as u64).next_power_of_two();
+    within(
+        "sort keys (lookups to a power of two, 8 bytes each)",
+        padded * 2,
+        binding.min(limits.max_buffer_bytes / 4),
+        "max_storage_buffer_binding_size",
+    )?;
     Ok((rows, capacity))
 }

@@ -264,6 +264,15 @@ pub(crate) fn non_negative(optimizer: &'static str, name: &'static str, value: f
     require(optimizer, name, value, value >= 0.0, "must be >= 0")
 }
 
+/// The number of the step after `step`; an error past `u64::MAX` (a count set by hand), where
+/// a wrapped count of 0 would divide by `1 − β^0 = 0` in the bias corrections.
+pub(crate) fn next_step(optimizer: &'static str, step: u64) -> Result<u64> {
+    step.checked_add(1).ok_or_else(|| Error::InvalidSetting {
+        what: "step count".into(),
+        message: format!("the {optimizer} optimizer has taken u64::MAX steps; there is no next"),
+    })
+}
+
 /// PyTorch's `if not 0.0 <= beta < 1.0` for betas.
 pub(crate) fn in_unit_interval(
     optimizer: &'static str,

@@ -22,7 +22,7 @@ mod sparse_adam;
 
 pub use fast::{InstructionSet, TASK as FAST_TASK_ELEMENTS};
 pub use guard::CpuGuard;
-pub use sparse::CpuSparse;
+pub use sparse::{CpuSparse, ROW_SUM_LANES};
 
 use ndarray::{ArrayView1, ArrayViewMut1};
 
@@ -232,7 +232,8 @@ impl CpuOptimizer {
             .collect();
         state.resize_with(MAX_STATE, || None);
         let state: [Option<&mut [f32]>; MAX_STATE] = state.try_into().expect("MAX_STATE slots");
-        let (step, execution, isa) = (self.step + 1, self.execution, self.isa);
+        let step = crate::optim::next_step(self.config.name(), self.step)?;
+        let (execution, isa) = (self.execution, self.isa);
         let run = |param: &mut [f32]| {
             let tensors = Tensors {
                 param,

@@ -110,7 +110,7 @@ impl CpuSparse {
         }
         // Rows in order, each row's lookups in lookup order: the GPU's sorted keys.
         order.sort_unstable();
-        self.step += 1;
+        self.step = crate::optim::next_step(self.config.name(), self.step)?;
         let uniform = self.config.uniform(self.step, lr);
         let mut grad = vec![0.0f32; dim];
         let mut spare = vec![0.0f32; (MAX_STATE - 1) * dim];
@@ -140,9 +140,8 @@ impl CpuSparse {
                 }
                 SparseOptimizer::RowWiseAdagrad(config) => {
                     let hp: AdagradScalars = bytemuck::pod_read_unaligned(uniform.as_bytes());
-                    let total = grad.iter().fold(0.0f32, |t, g| t + g * g);
                     let sum = &mut self.state[0].1[row];
-                    *sum += total / dim as f32;
+                    *sum += sum_of_squares(&grad) / dim as f32;
                     for (p, &g_raw) in param.iter_mut().zip(&grad) {
                         let g = effective_grad(config.maximize, false, g_raw, *p, 0.0);
                         *p += -hp.clr * (g / denominator(config.eps_in_sqrt, *sum, hp.eps));
@@ -165,5 +164,47 @@ impl CpuSparse {
             run = end;
         }
         Ok(())
+    }
+}
+
+/// Lanes that share one row's sum of squares on the GPU (`ROW_LANES` in `sparse.wgsl`).
+pub const ROW_SUM_LANES: usize = 64;
+
+/// `Σ g²` over a row in the GPU's order: lane `l` sums columns `l, l + ROW_SUM_LANES, ...` in
+/// order, then the lanes are added pairwise, halving, as the workgroup does.
+fn sum_of_squares(row: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; ROW_SUM_LANES];
+    for (lane, total) in lanes.iter_mut().enumerate() {
+        for g in row.iter().skip(lane).step_by(ROW_SUM_LANES) {
+            *total += g * g;
+        }
+    }
+    let mut half = ROW_SUM_LANES / 2;
+    while half > 0 {
+        for lane in 0..half {
+            lanes[lane] += lanes[lane + half];
+        }
+        half /= 2;
+    }
+    lanes[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lanes' order is a real reordering: it differs from the sequential sum in the last
+    /// bits, and agrees with it exactly where every partial sum is exact.
+    #[test]
+    fn the_sum_of_squares_follows_the_lanes() {
+        let exact: Vec<f32> = (0..200).map(|i| (i % 7) as f32).collect();
+        let sequential = |row: &[f32]| row.iter().fold(0.0f32, |t, g| t + g * g);
+        assert_eq!(sum_of_squares(&exact), sequential(&exact));
+        let row: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.731).sin() * 1e3).collect();
+        let wide: f64 = row.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
+        assert!((f64::from(sum_of_squares(&row)) / wide - 1.0).abs() < 1e-6);
+        assert_ne!(sum_of_squares(&row), sequential(&row));
+        assert_eq!(sum_of_squares(&[3.0]), 9.0);
+        assert_eq!(sum_of_squares(&[]), 0.0);
     }
 }

@@ -165,7 +165,7 @@ pub(super) fn run(gpu: &Gpu) -> Result<BiasExperiment> {
     Ok(experiment)
 }
 
-/// The sampled steps of [`TABLE`], as text or Markdown.
+/// Eleven of the sampled steps, from 1 to [`STEPS`], as text or Markdown.
 pub fn table_of(experiment: &BiasExperiment, markdown: bool) -> String {
     let header = [
         "k",
