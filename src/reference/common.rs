@@ -58,3 +58,16 @@ pub(super) fn denominator(eps_in_sqrt: bool, s: f32, eps: f32) -> f32 {
         s.sqrt() + eps
     }
 }
+
+/// A workgroup's sum of its lanes (a power of two of them), as the kernels take it: at each
+/// level lane `l` adds lane `l + half`, then `half` halves.
+pub(super) fn pairwise_halving(lanes: &mut [f32]) -> f32 {
+    let mut half = lanes.len() / 2;
+    while half > 0 {
+        for l in 0..half {
+            lanes[l] += lanes[l + half];
+        }
+        half /= 2;
+    }
+    lanes.first().copied().unwrap_or(0.0)
+}

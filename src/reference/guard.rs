@@ -6,6 +6,7 @@
 use ndarray::{ArrayView1, ArrayViewMut1};
 
 use super::CpuOptimizer;
+use super::common::pairwise_halving;
 use crate::error::Result;
 use crate::optim::{
     GUARD_BLOCK, GUARD_LANES, GUARD_PER_LANE, Guard, GuardOutcome, ScalerState, finish_guard,
@@ -87,7 +88,7 @@ fn block_sum(block: &[f32], unscale: f32) -> f32 {
             }
         }
     }
-    tree(&mut lanes)
+    pairwise_halving(&mut lanes)
 }
 
 /// The partial sums of every block: lane `l` adds partials `l`, `l + 256`, .. in order, then
@@ -97,19 +98,7 @@ fn finish_sum(partials: &[f32]) -> f32 {
     for (i, p) in partials.iter().enumerate() {
         lanes[i % GUARD_LANES] += p;
     }
-    tree(&mut lanes)
-}
-
-/// The workgroup's sum: at each level, lane `l` adds lane `l + half`.
-fn tree(lanes: &mut [f32; GUARD_LANES]) -> f32 {
-    let mut half = GUARD_LANES / 2;
-    while half > 0 {
-        for l in 0..half {
-            lanes[l] += lanes[l + half];
-        }
-        half /= 2;
-    }
-    lanes[0]
+    pairwise_halving(&mut lanes)
 }
 
 impl CpuOptimizer {

@@ -2,7 +2,7 @@
 //! lookup order, then each touched row updated by its optimizer's mirror, from the very bytes
 //! of the uniform the GPU receives.
 
-use super::common::{denominator, effective_grad};
+use super::common::{denominator, effective_grad, pairwise_halving};
 use super::sparse_adam;
 use crate::error::{Error, Result};
 use crate::optim::{AdagradScalars, Block, MAX_STATE, Mirror, SparseAdamScalars, SparseOptimizer};
@@ -179,14 +179,7 @@ fn sum_of_squares(row: &[f32]) -> f32 {
             *total += g * g;
         }
     }
-    let mut half = ROW_SUM_LANES / 2;
-    while half > 0 {
-        for lane in 0..half {
-            lanes[lane] += lanes[lane + half];
-        }
-        half /= 2;
-    }
-    lanes[0]
+    pairwise_halving(&mut lanes)
 }
 
 #[cfg(test)]

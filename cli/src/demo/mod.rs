@@ -251,34 +251,11 @@ pub fn run(gpu: &Gpu, options: &DemoOptions) -> Result<DemoReport> {
     experiments.push(experiment);
 
     let sparse = sparse::run(gpu, options.seed)?;
-    println!("\n(c) Sparse features: Zipf-distributed features, row-sparse kernels");
-    for note in &sparse.notes {
-        println!("  {note}");
-    }
-    print!("{}", sparse::table(&sparse, false));
-    for finding in sparse::findings(&sparse) {
-        println!("{finding}");
-    }
-
+    print!("{}", sparse::section(&sparse).text());
     let saddle = saddle::run(gpu, &kernel, options.max_iterations)?;
-    println!("\n(d) Saddle f(x, y) = x² − y²: iterations to escape (f ≤ −1)");
-    for note in &saddle.notes {
-        println!("  {note}");
-    }
-    print!("{}", saddle::escape_table(&saddle, false));
-    for finding in saddle::findings(&saddle) {
-        println!("  {finding}");
-    }
-
+    print!("{}", saddle::section(&saddle).text());
     let bias = bias::run(gpu)?;
-    println!("\n(e) Adam's bias correction under a constant gradient");
-    for note in &bias.notes {
-        println!("  {note}");
-    }
-    print!("{}", bias::table_of(&bias, false));
-    for finding in bias::findings(&bias) {
-        println!("  {finding}");
-    }
+    print!("{}", bias::section(&bias).text());
 
     let mut report = DemoReport {
         adapter,
@@ -769,54 +746,21 @@ fn write_files(dir: &std::path::Path, report: &DemoReport) -> Result<Vec<PathBuf
         files.extend(mine.iter().cloned());
         charts.push(mine);
     }
-    let sparse_chart = dir.join("loss-sparse-features.svg");
-    sparse::chart(&sparse_chart, &report.sparse)?;
-    files.push(sparse_chart);
+    sparse::chart(&dir.join(sparse::CHART), &report.sparse)?;
+    saddle::path_chart(&dir.join(saddle::PATHS_CHART), &report.saddle)?;
+    saddle::escape_chart(&dir.join(saddle::ESCAPE_CHART), &report.saddle)?;
+    bias::chart(&dir.join(bias::CHART), &report.bias)?;
+    let sections = [
+        sparse::section(&report.sparse),
+        saddle::section(&report.saddle),
+        bias::section(&report.bias),
+    ];
     let path = dir.join("demo.md");
     let mut text = report::markdown(report, &charts);
-    text.push_str("\n## (c) Sparse features\n\n");
-    for note in &report.sparse.notes {
-        text.push_str(&format!("- {note}\n"));
+    for section in &sections {
+        text.push_str(&section.markdown());
+        files.extend(section.charts.iter().map(|(_, file)| dir.join(file)));
     }
-    text.push('\n');
-    text.push_str(&sparse::table(&report.sparse, true));
-    text.push('\n');
-    for finding in sparse::findings(&report.sparse) {
-        text.push_str(&format!("{finding}\n\n"));
-    }
-    text.push_str("![Sparse features](loss-sparse-features.svg)\n");
-
-    let saddle_paths = dir.join("paths-saddle.svg");
-    saddle::path_chart(&saddle_paths, &report.saddle)?;
-    let saddle_escape = dir.join("escape-saddle.svg");
-    saddle::escape_chart(&saddle_escape, &report.saddle)?;
-    files.extend([saddle_paths, saddle_escape]);
-    text.push_str("\n## (d) Saddle f(x, y) = x² − y²: iterations to escape\n\n");
-    for note in &report.saddle.notes {
-        text.push_str(&format!("- {note}\n"));
-    }
-    text.push('\n');
-    text.push_str(&saddle::escape_table(&report.saddle, true));
-    text.push('\n');
-    for finding in saddle::findings(&report.saddle) {
-        text.push_str(&format!("{finding}\n\n"));
-    }
-    text.push_str("![Saddle paths](paths-saddle.svg)\n\n![Escape](escape-saddle.svg)\n");
-
-    let bias_chart = dir.join("bias-correction.svg");
-    bias::chart(&bias_chart, &report.bias)?;
-    files.push(bias_chart);
-    text.push_str("\n## (e) Adam's bias correction under a constant gradient\n\n");
-    for note in &report.bias.notes {
-        text.push_str(&format!("- {note}\n"));
-    }
-    text.push('\n');
-    text.push_str(&bias::table_of(&report.bias, true));
-    text.push('\n');
-    for finding in bias::findings(&report.bias) {
-        text.push_str(&format!("{finding}\n\n"));
-    }
-    text.push_str("![Bias correction](bias-correction.svg)\n");
     std::fs::write(&path, text).map_err(io(&path))?;
     files.push(path);
     Ok(files)

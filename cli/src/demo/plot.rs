@@ -206,13 +206,7 @@ where
         ))?
         .label("tolerance")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
+    legend(&mut chart, SeriesLabelPosition::UpperRight, 13)
 }
 
 /// The 2-D runs as paths over level sets of the loss, one panel per optimizer.
@@ -253,33 +247,66 @@ pub(super) fn path_chart(path: &Path, experiment: &Experiment) -> Result<()> {
     root.present().map_err(plot_error(path))
 }
 
+/// A drawing error of plotters' SVG backend.
+pub(super) type DrawResult<T> = std::result::Result<T, DrawingAreaErrorKind<std::io::Error>>;
+
+/// One panel of a paths chart: `bounds` with light axes and `levels` (pieces of level sets)
+/// in grey, under `caption`.
+pub(super) fn path_panel<'a, 'b>(
+    panel: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: String,
+    bounds: &Rect,
+    levels: &[Vec<(f64, f64)>],
+) -> DrawResult<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let mut chart = ChartBuilder::on(panel)
+        .caption(caption, (FONT, 14))
+        .margin(8)
+        .x_label_area_size(22)
+        .y_label_area_size(28)
+        .build_cartesian_2d(bounds.x.0..bounds.x.1, bounds.y.0..bounds.y.1)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .label_style((FONT, 11))
+        .draw()?;
+    for piece in levels {
+        chart.draw_series(LineSeries::new(
+            piece.iter().copied(),
+            RGBColor(170, 170, 170).stroke_width(1),
+        ))?;
+    }
+    Ok(chart)
+}
+
+/// The legend every demo chart draws: labels of `size` on a light box at `position`.
+pub(super) fn legend<'a, 'b: 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    position: SeriesLabelPosition,
+    size: u32,
+) -> DrawResult<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+}
+
 fn draw_path_panel(
     panel: &DrawingArea<SVGBackend<'_>, Shift>,
     run: &RunReport,
     color: RGBColor,
     bounds: &Rect,
     levels: &[Vec<Vec<(f64, f64)>>],
-) -> std::result::Result<(), DrawingAreaErrorKind<std::io::Error>> {
-    let mut chart: ChartContext<'_, _, Cartesian2d<RangedCoordf64, RangedCoordf64>> =
-        ChartBuilder::on(panel)
-            .caption(format!("{}: {}", run.label, outcome(run)), (FONT, 14))
-            .margin(8)
-            .x_label_area_size(22)
-            .y_label_area_size(28)
-            .build_cartesian_2d(bounds.x.0..bounds.x.1, bounds.y.0..bounds.y.1)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .label_style((FONT, 11))
-        .draw()?;
-    for pieces in levels {
-        for piece in pieces {
-            chart.draw_series(LineSeries::new(
-                piece.iter().copied(),
-                RGBColor(170, 170, 170).stroke_width(1),
-            ))?;
-        }
-    }
+) -> DrawResult<()> {
+    let levels: Vec<Vec<(f64, f64)>> = levels.iter().flatten().cloned().collect();
+    let mut chart = path_panel(
+        panel,
+        format!("{}: {}", run.label, outcome(run)),
+        bounds,
+        &levels,
+    )?;
     // The path until it first leaves the box (a diverging run would otherwise cross it
     // back and forth), ending on the edge.
     let points: Vec<(f64, f64)> = run.samples.iter().map(|s| (s.x[0], s.x[1])).collect();

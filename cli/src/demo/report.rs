@@ -190,9 +190,62 @@ fn adagrad_preconditioning(experiment: &Experiment) -> Option<String> {
     Some(line)
 }
 
+/// One experiment's part of the report past (a) and (b): what is printed as it completes and
+/// what `demo.md` holds, from the same pieces.
+pub(crate) struct Section<'a> {
+    /// The heading.
+    pub title: String,
+    /// What was run and why.
+    pub notes: &'a [String],
+    /// The table: Markdown with `true`, text with `false`.
+    pub table: Box<dyn Fn(bool) -> String + 'a>,
+    /// The lines under the table.
+    pub findings: Vec<String>,
+    /// The charts, as (alt text, file name in the output folder).
+    pub charts: Vec<(&'static str, &'static str)>,
+}
+
+impl Section<'_> {
+    /// For stdout: the title, the notes and findings indented, the table.
+    pub fn text(&self) -> String {
+        let mut out = format!("\n{}\n", self.title);
+        for note in self.notes {
+            let _ = writeln!(out, "  {note}");
+        }
+        out.push_str(&(self.table)(false));
+        for finding in &self.findings {
+            let _ = writeln!(out, "  {finding}");
+        }
+        out
+    }
+
+    /// For `demo.md`: a second-level heading, the notes as a list, the table, the findings as
+    /// paragraphs and the charts as images.
+    pub fn markdown(&self) -> String {
+        let mut out = format!("\n## {}\n\n", self.title);
+        for note in self.notes {
+            let _ = writeln!(out, "- {note}");
+        }
+        out.push('\n');
+        out.push_str(&(self.table)(true));
+        out.push('\n');
+        for finding in &self.findings {
+            let _ = writeln!(out, "{finding}\n");
+        }
+        for (alt, file) in &self.charts {
+            let _ = writeln!(out, "![{alt}]({file})\n");
+        }
+        out
+    }
+}
+
 /// A table as Markdown, or as text in columns padded to their widest cell and indented by two
 /// spaces (stdout).
 pub(super) fn table(header: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
+    debug_assert!(
+        rows.iter().all(|r| r.len() == header.len()),
+        "a cell per column"
+    );
     let mut out = String::new();
     if markdown {
         let _ = writeln!(out, "| {} |", header.join(" | "));

@@ -1,19 +1,19 @@
 //! (d) The saddle `f(x, y) = x² − y²` (`A = diag(2, −2)` in `½ xᵀAx`): seven optimizers
 //! started close to the ridge `y = 0`, where the gradient along the escape direction `y` is
 //! `−2y`, almost nothing. Gradient descent multiplies `y` by `1 + 2η` per step, so the closer
-//! the start, the longer it stays; the adaptive methods divide each coordinate's gradient by
-//! its own running size, so their first steps along `y` are as long as along `x` however small
-//! `y` is (the notes' case for RMSprop near saddle points). Each optimizer runs from three
-//! starts `(1, y0)`, and the table counts the iterations until `f ≤ −1`.
+//! the start, the longer it stays; Adagrad, RMSprop and Adam divide each coordinate's gradient
+//! by the root of its own accumulated square, so their first steps along `y` are as long as
+//! along `x` however small `y` is (the notes' case for RMSprop near saddle points). Each
+//! optimizer runs from three starts `(1, y0)`, and the table counts the iterations until
+//! `f ≤ −1`.
 
 use std::path::Path;
 
-use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use fusedopt::{Adadelta, Adagrad, Adam, Gpu, Optimizer, Rmsprop, Sgd};
 
-use super::plot::{FONT, Rect, color, plot_error};
+use super::plot::{DrawResult, FONT, Rect, color, legend, path_panel, plot_error};
 use super::quadratic::Quadratic;
 use super::report::{self, hyperparameters, sci, sig, table};
 use super::runner::{self, GradientKernel, Limits, Stop};
@@ -33,7 +33,10 @@ const CAP: u64 = 2000;
 const DIVERGENCE: f64 = 1e10;
 
 /// The step length all but Adadelta take first along `x` from `x = 1` (where `∂f/∂x = 2`).
-const FIRST_STEP: f64 = 0.1;
+pub const FIRST_STEP: f64 = 0.1;
+
+/// Momentum of the heavy-ball and Nesterov runs.
+const MOMENTUM: f64 = 0.9;
 
 /// One optimizer from one start.
 #[derive(Clone, Debug)]
@@ -84,21 +87,26 @@ impl SaddleExperiment {
 }
 
 /// The optimizers, each tuned so that its first step along `x` from `x = 1` has length
-/// [`FIRST_STEP`] (Adadelta, which has no rate to tune, at PyTorch's defaults).
+/// [`FIRST_STEP`]; Adadelta at PyTorch's defaults.
 fn entries() -> Vec<(&'static str, Optimizer)> {
-    // Gradient descent's first step is η·2.
-    let eta = FIRST_STEP / 2.0;
-    let sgd = |momentum: f64, nesterov: bool| Sgd {
-        lr: eta,
+    let sgd = |lr: f64, momentum: f64, nesterov: bool| Sgd {
+        lr,
         momentum,
         nesterov,
         ..Sgd::default()
     };
+    // Gradient descent's and heavy-ball momentum's first step is η·g (the buffer starts as g);
+    // Nesterov's is η·(g + μ·g).
+    let eta = FIRST_STEP / 2.0;
     vec![
-        ("GD", sgd(0.0, false).into()),
-        ("momentum", sgd(0.9, false).into()),
-        ("Nesterov", sgd(0.9, true).into()),
+        ("GD", sgd(eta, 0.0, false).into()),
+        ("momentum", sgd(eta, MOMENTUM, false).into()),
         (
+            "Nesterov",
+            sgd(eta / (1.0 + MOMENTUM), MOMENTUM, true).into(),
+        ),
+        (
+            // lr·g/√(g²)
             "Adagrad",
             Adagrad {
                 lr: FIRST_STEP,
@@ -108,7 +116,7 @@ fn entries() -> Vec<(&'static str, Optimizer)> {
         ),
         ("Adadelta", Adadelta::default().into()),
         (
-            // The first step is lr·g/√((1 − α)g²) = lr/√(1 − α) = 10·lr for α = 0.99.
+            // lr·g/√((1 − α)g²) = lr/√(1 − α)
             "RMSprop",
             Rmsprop {
                 lr: FIRST_STEP * (1.0 - Rmsprop::default().alpha).sqrt(),
@@ -117,6 +125,7 @@ fn entries() -> Vec<(&'static str, Optimizer)> {
             .into(),
         ),
         (
+            // lr·m̂/√v̂ = lr
             "Adam",
             Adam {
                 lr: FIRST_STEP,
@@ -169,10 +178,13 @@ pub(super) fn run(
             report::thousands(max_iterations)
         ),
         format!(
-            "every first step along x has length {FIRST_STEP}: GD, momentum and Nesterov \
-             η = {} (momentum 0.9), Adagrad and Adam lr = {FIRST_STEP}, RMSprop lr = {} (its \
-             first step is lr/√(1 − α)); Adadelta at PyTorch's defaults, with no rate to match",
+            "every first step along x has length {FIRST_STEP}: GD and momentum (μ = \
+             {MOMENTUM}) η = {}, Nesterov η = {} (its first step is η·(1 + μ)·g), Adagrad \
+             and Adam lr = {FIRST_STEP}, RMSprop lr = {} (its first step is lr/√(1 − α)); \
+             Adadelta at PyTorch's defaults (its first step, √eps·g/√((1 − ρ)g² + eps), is \
+             3.2e-3 along x)",
             sig(FIRST_STEP / 2.0),
+            sig(FIRST_STEP / 2.0 / (1.0 + MOMENTUM)),
             sig(FIRST_STEP * (1.0 - Rmsprop::default().alpha).sqrt())
         ),
         "from y0 = 0 exactly no optimizer leaves the ridge: the gradient has no y component"
@@ -183,6 +195,22 @@ pub(super) fn run(
         max_iterations,
         runs,
     })
+}
+
+/// The paths chart's file name in the output folder.
+pub const PATHS_CHART: &str = "paths-saddle.svg";
+/// The escape chart's file name in the output folder.
+pub const ESCAPE_CHART: &str = "escape-saddle.svg";
+
+/// The experiment's part of the report.
+pub(crate) fn section(experiment: &SaddleExperiment) -> report::Section<'_> {
+    report::Section {
+        title: "(d) Saddle f(x, y) = x² − y²: iterations to escape (f ≤ −1)".into(),
+        notes: &experiment.notes,
+        table: Box::new(move |markdown| escape_table(experiment, markdown)),
+        findings: findings(experiment),
+        charts: vec![("Saddle paths", PATHS_CHART), ("Escape", ESCAPE_CHART)],
+    }
 }
 
 /// Iterations to escape for every optimizer and start, as text or Markdown.
@@ -222,8 +250,8 @@ fn outcome(run: &SaddleRun) -> String {
     }
 }
 
-/// What the table shows: how each optimizer's escape time grows as the start nears the ridge,
-/// and gradient descent's against its closed form.
+/// What the table shows: how each optimizer's escape time changes as the start nears the
+/// ridge, with gradient descent's and Adadelta's against their arithmetic.
 pub fn findings(experiment: &SaddleExperiment) -> Vec<String> {
     let (near, far) = (STARTS[STARTS.len() - 1], STARTS[0]);
     // Factors of 10 between the farthest and the nearest start.
@@ -231,47 +259,64 @@ pub fn findings(experiment: &SaddleExperiment) -> Vec<String> {
     let mut lines = Vec::new();
     let mut flat = Vec::new();
     for label in experiment.labels() {
-        let (Some(a), Some(b)) = (
-            experiment.run(label, far).and_then(|r| r.escape),
-            experiment.run(label, near).and_then(|r| r.escape),
-        ) else {
+        let counts: Option<Vec<u64>> = STARTS
+            .iter()
+            .map(|y0| experiment.run(label, *y0).and_then(|r| r.escape))
+            .collect();
+        let Some(counts) = counts else {
             lines.push(format!(
                 "{label} did not escape from every start within the cap."
             ));
             continue;
         };
-        let per_decade = (b as f64 - a as f64) / decades;
-        if per_decade.abs() < 1.0 {
-            flat.push(format!("{label} ({a} → {b})"));
+        let listed = counts
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (least, most) = (counts.iter().min(), counts.iter().max());
+        let growing = counts.windows(2).all(|w| w[1] > w[0]);
+        if let (Some(least), Some(most)) = (least, most)
+            && most - least <= 1
+        {
+            flat.push(format!("{label} ({listed})"));
+        } else if growing && let (Some(a), Some(b)) = (counts.first(), counts.last()) {
+            lines.push(format!(
+                "{label}: {listed} iterations: {} more per factor 10 closer to the ridge.",
+                sig((*b as f64 - *a as f64) / decades)
+            ));
         } else {
             lines.push(format!(
-                "{label}: {a} iterations from y0 = {}, {b} from {}: {} more per factor 10 closer \
-                 to the ridge.",
-                sci(far),
-                sci(near),
-                sig(per_decade)
+                "{label}: {listed} iterations: neither the same from every start nor growing \
+                 with the closeness."
             ));
         }
     }
     if !flat.is_empty() {
         lines.push(format!(
-            "Within one iteration per factor 10, whatever the distance to the ridge: {}. Their \
-             steps along y are scaled by 1/√(running mean of g_y²), so a tiny gradient still \
-             gives a full-sized step.",
+            "The same from every start, to one iteration: {}. They divide g_y by the root of its \
+             accumulated square (a sum for Adagrad, a running mean for RMSprop and Adam), so a \
+             tiny gradient still gives a full-sized step.",
             flat.join(", ")
         ));
     }
-    if let Some(Optimizer::Sgd(gd)) = experiment
-        .runs
-        .iter()
-        .find(|r| r.label == "GD")
-        .map(|r| &r.config)
-    {
+    let config = |label: &str| experiment.runs.iter().find(|r| r.label == label);
+    if let Some(Optimizer::Sgd(gd)) = config("GD").map(|r| &r.config) {
         lines.push(format!(
             "GD multiplies y by 1 + 2η = {} per step, so each factor 10 closer costs ln 10 / \
              ln(1 + 2η) = {} iterations.",
             sig(1.0 + 2.0 * gd.lr),
             sig(10f64.ln() / (1.0 + 2.0 * gd.lr).ln())
+        ));
+    }
+    if let Some(Optimizer::Adadelta(c)) = config("Adadelta").map(|r| &r.config) {
+        lines.push(format!(
+            "Adadelta: while (1 − ρ)·g_y² is below eps (|y| < √(eps/(4(1 − ρ))) = {}), its step \
+             along y is about lr·g_y, so y grows by 1 + 2·lr = {}× per step, as in GD with \
+             η = lr: a factor 10 closer costs it about {} iterations.",
+            sci((c.eps / (4.0 * (1.0 - c.rho))).sqrt()),
+            sig(1.0 + 2.0 * c.lr),
+            sig(10f64.ln() / (1.0 + 2.0 * c.lr).ln())
         ));
     }
     lines
@@ -322,9 +367,9 @@ fn level_set(c: f64, bounds: &Rect) -> Vec<Vec<(f64, f64)>> {
 /// level dashed.
 pub fn path_chart(path: &Path, experiment: &SaddleExperiment) -> Result<()> {
     let bounds = bounds();
-    let levels: Vec<Vec<Vec<(f64, f64)>>> = [1.0, 0.5, 0.0, -0.5]
+    let levels: Vec<Vec<(f64, f64)>> = [1.0, 0.5, 0.0, -0.5]
         .iter()
-        .map(|c| level_set(*c, &bounds))
+        .flat_map(|c| level_set(*c, &bounds))
         .collect();
     let escape = level_set(ESCAPE, &bounds);
     let labels = experiment.labels();
@@ -355,31 +400,12 @@ fn draw_panel(
     label: &str,
     runs: &[&SaddleRun],
     bounds: &Rect,
-    levels: &[Vec<Vec<(f64, f64)>>],
+    levels: &[Vec<(f64, f64)>],
     escape: &[Vec<(f64, f64)>],
-) -> std::result::Result<(), DrawingAreaErrorKind<std::io::Error>> {
+) -> DrawResult<()> {
     let counts: Vec<String> = runs.iter().map(|r| outcome(r)).collect();
-    let mut chart: ChartContext<'_, _, Cartesian2d<RangedCoordf64, RangedCoordf64>> =
-        ChartBuilder::on(panel)
-            .caption(
-                format!("{label}: escapes in {}", counts.join(" / ")),
-                (FONT, 14),
-            )
-            .margin(8)
-            .x_label_area_size(22)
-            .y_label_area_size(28)
-            .build_cartesian_2d(bounds.x.0..bounds.x.1, bounds.y.0..bounds.y.1)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .label_style((FONT, 11))
-        .draw()?;
-    for piece in levels.iter().flatten() {
-        chart.draw_series(LineSeries::new(
-            piece.iter().copied(),
-            RGBColor(170, 170, 170).stroke_width(1),
-        ))?;
-    }
+    let caption = format!("{label}: escapes in {}", counts.join(" / "));
+    let mut chart = path_panel(panel, caption, bounds, levels)?;
     for piece in escape {
         chart.draw_series(DashedLineSeries::new(
             piece.iter().copied(),
@@ -406,13 +432,7 @@ fn draw_panel(
         )?;
     }
     chart.draw_series([Cross::new((0.0, 0.0), 4, BLACK.stroke_width(1))])?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 11))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, 11)
 }
 
 /// `|y_k|` against the iteration from the nearest start, log scale: gradient descent's
@@ -426,7 +446,13 @@ pub fn escape_chart(path: &Path, experiment: &SaddleExperiment) -> Result<()> {
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let (low, high) = (near / 10.0, 10.0);
+    // The axis spans the data: every |y| is positive (y starts above the ridge and every
+    // step pushes it further away), the largest is an escaped iterate.
+    let ys = runs.iter().flat_map(|r| r.path.iter().map(|p| p.1.abs()));
+    let (low, high) = ys
+        .filter(|y| y.is_finite() && *y > 0.0)
+        .fold((near, 1.0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let (low, high) = (low / 2.0, high * 2.0);
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error(path))?;
     let mut chart = ChartBuilder::on(&root)
@@ -453,12 +479,12 @@ pub fn escape_chart(path: &Path, experiment: &SaddleExperiment) -> Result<()> {
         .map_err(plot_error(path))?;
     for (k, run) in runs.iter().enumerate() {
         let color = color(k);
-        // Clamped into the axis: a y that crosses the ridge (0) would leave a log scale.
         let points = run
             .path
             .iter()
             .enumerate()
-            .map(|(i, p)| (i as f64, p.1.abs().clamp(low, high)));
+            .map(|(i, p)| (i as f64, p.1.abs()))
+            .filter(|(_, y)| (low..=high).contains(y));
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(plot_error(path))?
@@ -467,19 +493,12 @@ pub fn escape_chart(path: &Path, experiment: &SaddleExperiment) -> Result<()> {
         if let Some(k) = run.escape
             && let Some(p) = run.path.get(k as usize)
         {
-            let end = (k as f64, p.1.abs().clamp(low, high));
+            let end = (k as f64, p.1.abs());
             chart
                 .draw_series([Circle::new(end, 4, color.filled())])
                 .map_err(plot_error(path))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
-        .map_err(plot_error(path))?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight, 13).map_err(plot_error(path))?;
     root.present().map_err(plot_error(path))
 }

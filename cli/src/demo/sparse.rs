@@ -396,6 +396,20 @@ pub fn findings(experiment: &SparseExperiment) -> Vec<String> {
     ]
 }
 
+/// The chart's file name in the output folder.
+pub const CHART: &str = "loss-sparse-features.svg";
+
+/// The experiment's part of the report.
+pub(crate) fn section(experiment: &SparseExperiment) -> report::Section<'_> {
+    report::Section {
+        title: "(c) Sparse features: Zipf-distributed features, row-sparse kernels".into(),
+        notes: &experiment.notes,
+        table: Box::new(move |markdown| table(experiment, markdown)),
+        findings: findings(experiment),
+        charts: vec![("Sparse features", CHART)],
+    }
+}
+
 /// The held-out loss of every run against the step, with the true weights' floor.
 pub fn chart(path: &Path, experiment: &SparseExperiment) -> Result<()> {
     let fail = |e: &dyn std::fmt::Display| Error::Chart {
@@ -443,12 +457,6 @@ pub fn chart(path: &Path, experiment: &SparseExperiment) -> Result<()> {
         .map_err(|e| fail(&e))?
         .label("true weights")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
-        .map_err(|e| fail(&e))?;
+    super::plot::legend(&mut chart, SeriesLabelPosition::UpperRight, 13).map_err(|e| fail(&e))?;
     root.present().map_err(|e| fail(&e))
 }
