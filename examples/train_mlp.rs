@@ -32,67 +32,23 @@
 //! cargo run --release --example train_mlp -- --steps 600 --resume /tmp/mlp
 //! ```
 
-use std::error::Error;
-use std::num::NonZeroU64;
+mod mlp;
 
+use std::error::Error;
 use std::path::PathBuf;
 
 use fusedopt::checkpoint::Tensor;
-use fusedopt::model::decay_group;
 use fusedopt::{
-    Adam, BufferRange, Checkpoint, Gpu, Guard, LossScaler, ModelLayout, ModelOptimizer, Precision,
-    TensorSpec,
+    BufferRange, Checkpoint, Gpu, Guard, LossScaler, ModelLayout, ModelOptimizer, Precision,
 };
+use mlp::{BATCH, Buffers, Dims, HIDDEN, Passes};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
-const BATCH: u32 = 256;
-const INPUTS: u32 = 8;
-const HIDDEN: u32 = 64;
 /// Steps of a run unless `--steps` says otherwise.
 const STEPS: u64 = 600;
 /// The checkpoint's file in the `--save` and `--resume` folders.
 const CHECKPOINT: &str = "checkpoint.safetensors";
-
-/// The function the network learns.
-fn teacher(x: &[f32]) -> f32 {
-    (x[0] + 0.5 * x[1]).sin() + x[2] * x[3] - 0.3 * x[4]
-}
-
-/// The uniform of `train_mlp.wgsl`: sizes and the segment offsets of the four tensors.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Dims {
-    batch: u32,
-    inputs: u32,
-    hidden: u32,
-    w1: u32,
-    b1: u32,
-    w2: u32,
-    b2: u32,
-    _pad: u32,
-}
-
-/// The training pipeline's own device and queue: the best adapter of the backends
-/// `WGPU_BACKEND` allows (real GPUs before software ones), with wgpu's default limits but for
-/// the ten storage buffers its passes bind (every desktop adapter has them).
-fn own_device() -> Result<(wgpu::Device, wgpu::Queue), Box<dyn Error>> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        ..Default::default()
-    }))?;
-    let descriptor = wgpu::DeviceDescriptor {
-        label: Some("mlp"),
-        required_limits: wgpu::Limits {
-            max_storage_buffers_per_shader_stage: 10,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Ok(pollster::block_on(adapter.request_device(&descriptor))?)
-}
 
 /// The command line.
 struct Options {
@@ -149,7 +105,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         resume,
     } = options()?;
     let half = precision.half_format();
-    let (device, queue) = own_device()?;
+    let (device, queue) = mlp::own_device()?;
     // fusedopt works on the pipeline's device; it creates no device of its own.
     let gpu = Gpu::from_device(device.clone(), queue.clone());
     let device = &device;
@@ -158,51 +114,18 @@ fn main() -> Result<(), Box<dyn Error>> {
         fusedopt::gpu::describe_adapter(gpu.adapter_info())
     );
 
-    // The model's tensors in one flat buffer, matrices and biases in two groups.
-    let tensors = [
-        TensorSpec::new("w1", &[HIDDEN as usize, INPUTS as usize]),
-        TensorSpec::new("b1", &[HIDDEN as usize]),
-        TensorSpec::new("w2", &[1, HIDDEN as usize]),
-        TensorSpec::new("b2", &[1]),
-    ];
-    // 16-bit groups start at the same byte alignment, twice as many elements apart.
+    // The model's tensors in one flat buffer, matrices and biases in two groups; 16-bit groups
+    // start at the same byte alignment, twice as many elements apart.
     let align = ModelLayout::device_alignment(&gpu) * if half.is_some() { 2 } else { 1 };
-    let layout = ModelLayout::new(&tensors, 2, decay_group, align)?;
-    let offset = |name: &str| layout.segment(name).map(|s| s.offset as u32).unwrap_or(0);
-    let dims = Dims {
-        batch: BATCH,
-        inputs: INPUTS,
-        hidden: HIDDEN,
-        w1: offset("w1"),
-        b1: offset("b1"),
-        w2: offset("w2"),
-        b2: offset("b2"),
-        _pad: 0,
-    };
+    let layout = mlp::layout(align)?;
+    let dims = Dims::new(&layout, BATCH, BATCH);
 
     // He-initialized weights, zero biases; a fixed batch of synthetic data.
-    let mut rng = StdRng::seed_from_u64(1);
-    let mut init = |fan_in: u32, n: usize| -> Vec<f32> {
-        let scale = (2.0 / fan_in as f32).sqrt();
-        (0..n)
-            .map(|_| rng.random_range(-1.0..1.0) * scale)
-            .collect()
-    };
-    let (w1, w2) = (
-        init(INPUTS, (HIDDEN * INPUTS) as usize),
-        init(HIDDEN, HIDDEN as usize),
-    );
-    let (b1, b2) = (vec![0.0; HIDDEN as usize], vec![0.0]);
-    let flat = layout.flatten(|s| match s.tensor.name.as_str() {
-        "w1" => &w1[..],
-        "b1" => &b1[..],
-        "w2" => &w2[..],
-        _ => &b2[..],
-    })?;
-    let x: Vec<f32> = (0..BATCH * INPUTS)
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    let t: Vec<f32> = x.chunks(INPUTS as usize).map(teacher).collect();
+    let mlp::Start {
+        weights: flat,
+        x,
+        targets: t,
+    } = mlp::start(&layout, &mut StdRng::seed_from_u64(1))?;
 
     // The caller's buffers: fusedopt steps `params` in place, reading `grads`; in a 16-bit
     // precision those are `params16` and `grads16`, and `params` and `grads` the f32 copies the
@@ -234,20 +157,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // fusedopt steps the caller's buffers in place: AdamW, no decay on biases; in 16-bit, a
     // loss scaler (and the clip asked for) guards each step.
-    let configs = [
-        Adam {
-            lr: 1e-2,
-            weight_decay: 1e-4,
-            ..Adam::adamw()
-        }
-        .into(),
-        Adam {
-            lr: 1e-2,
-            weight_decay: 0.0,
-            ..Adam::adamw()
-        }
-        .into(),
-    ];
+    let configs = mlp::configs();
     let guard = Guard {
         scaler: half.map(|_| LossScaler::default()),
         max_norm: clip,
@@ -276,105 +186,24 @@ fn main() -> Result<(), Box<dyn Error>> {
         _ => &one,
     };
 
-    // The example's own pipelines, with an explicit layout; its 16-bit conversions are
-    // fusedopt's (`half.wgsl`), exact and the same on every device.
-    let source = format!(
-        "{}\n{}",
-        fusedopt::kernels::HALF_WGSL,
-        include_str!("train_mlp.wgsl")
+    // The example's own passes; its 16-bit conversions are fusedopt's.
+    let passes = Passes::new(device, half, BATCH, layout.len() as u32);
+    let bind_group = passes.bind(
+        device,
+        &Buffers {
+            dims: &dims_buf,
+            params: &params,
+            grads: &grads,
+            x: &x_buf,
+            targets: &t_buf,
+            hidden: &h_buf,
+            dy: &dy_buf,
+            loss: &loss_buf,
+            params16: &params16,
+            grads16: &grads16,
+            scale: scale_buf,
+        },
     );
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("mlp"),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: NonZeroU64::new(4),
-        },
-        count: None,
-    };
-    let mut entries = vec![wgpu::BindGroupLayoutEntry {
-        binding: 0,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: false,
-            min_binding_size: NonZeroU64::new(size_of::<Dims>() as u64),
-        },
-        count: None,
-    }];
-    entries.extend([
-        storage(1, false),
-        storage(2, false),
-        storage(3, true),
-        storage(4, true),
-        storage(5, false),
-        storage(6, false),
-        storage(7, false),
-        storage(8, true),
-        storage(9, false),
-        storage(10, true),
-    ]);
-    let bind_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some("mlp"),
-        entries: &entries,
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some("mlp"),
-        bind_group_layouts: &[Some(&bind_layout)],
-        immediate_size: 0,
-    });
-    let pipeline = |entry: &str| {
-        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[(
-                    "BF16",
-                    f64::from(u8::from(half != Some(fusedopt::HalfFormat::F16))),
-                )],
-                ..Default::default()
-            },
-            cache: None,
-        })
-    };
-    let len = layout.len() as u32;
-    let mut passes = Vec::new();
-    if half.is_some() {
-        passes.push((pipeline("widen_params"), len));
-    }
-    passes.extend([
-        (pipeline("hidden"), BATCH * HIDDEN),
-        (pipeline("output"), BATCH),
-        (pipeline("grad_layer1"), HIDDEN * INPUTS),
-        (pipeline("grad_layer2"), HIDDEN + 1),
-    ]);
-    if half.is_some() {
-        passes.push((pipeline("narrow_grads"), len / 2));
-    }
-    let buffers = [
-        &dims_buf, &params, &grads, &x_buf, &t_buf, &h_buf, &dy_buf, &loss_buf, &params16,
-        &grads16, scale_buf,
-    ];
-    let bind_entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
-        .iter()
-        .enumerate()
-        .map(|(i, b)| wgpu::BindGroupEntry {
-            binding: i as u32,
-            resource: b.as_entire_binding(),
-        })
-        .collect();
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("mlp"),
-        layout: &bind_layout,
-        entries: &bind_entries,
-    });
 
     // The model's weights as the optimizer steps them: f32, or the 16-bit buffer; saved per
     // tensor by name (`model.w1`...), so that a device of another alignment reads them too.
@@ -424,14 +253,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     // encoder and one submit; the returned loss is the forward pass's, before the step.
     let run = |optimizer: &mut ModelOptimizer, with_step: bool| {
         let mut encoder = device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_bind_group(0, &bind_group, &[]);
-            for (pipeline, invocations) in &passes {
-                pass.set_pipeline(pipeline);
-                pass.dispatch_workgroups(invocations.div_ceil(64), 1, 1);
-            }
-        }
+        passes.record(&mut encoder, &bind_group);
         if with_step {
             optimizer.record_step(&gpu, &mut encoder)?;
         }
@@ -481,7 +303,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         "loss {first:.3e} -> {final_loss:.3e} ({:.0}x lower) in steps {start}..{step}, {} \
          dispatches per step",
         first / final_loss,
-        passes.len() + optimizer.dispatches_per_step()
+        passes.dispatches() + optimizer.dispatches_per_step()
     );
     // Every digit, so that two runs compare to the last bit.
     println!("final loss {final_loss:.9e}");

@@ -1,5 +1,7 @@
 // The example's own forward and backward pass: a two-layer network
 //   h = relu(W1 x + b1),   y = W2 h + b2,   loss = mean over the batch of (y - t)^2
+// (`dims.mean_over` is the batch the mean is taken over: all of it on one device, the global
+// batch when `dims.batch` is one process's shard of it)
 // with the parameters and their gradients as segments of two flat buffers laid out by
 // fusedopt's ModelLayout (offsets in `dims`). One invocation per output element; the backward
 // entry points loop over the batch, which is small.
@@ -12,7 +14,7 @@ struct Dims {
     b1: u32,
     w2: u32,
     b2: u32,
-    _pad: u32,
+    mean_over: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -82,7 +84,7 @@ fn hidden(@builtin(global_invocation_id) id: vec3<u32>) {
     h[i] = max(z, 0.0);
 }
 
-/// y[b] = W2 . h[b, :] + b2; dy[b] = dloss/dy[b]; loss[b] = (y - t)^2 / batch
+/// y[b] = W2 . h[b, :] + b2; dy[b] = dloss/dy[b]; loss[b] = (y - t)^2 / mean_over
 @compute @workgroup_size(64)
 fn output(@builtin(global_invocation_id) id: vec3<u32>) {
     let b = id.x;
@@ -94,7 +96,8 @@ fn output(@builtin(global_invocation_id) id: vec3<u32>) {
         y += params[dims.w2 + j] * h[b * dims.hidden + j];
     }
     let r = y - y_true[b];
-    let n = f32(dims.batch);
+    // The mean is over the global batch: a data-parallel shard's gradients add up to its.
+    let n = f32(dims.mean_over);
     dy[b] = 2.0 * r / n;
     loss[b] = r * r / n;
 }
