@@ -401,3 +401,81 @@ fn a_step_past_the_last_count_is_refused_not_wrapped() {
     assert_eq!(opt.step_count(), u64::MAX);
     assert_eq!(opt.read_params(gpu).unwrap(), start);
 }
+
+/// An optimizer rebound to other buffers between steps (a framework that hands out a new
+/// gradient buffer every step, or moves a parameter) keeps its state and count: the result is
+/// the same, bit for bit, as one that stayed on one pair of buffers. A rebind that cannot be
+/// taken is an error and leaves the old buffers bound.
+#[test]
+fn a_rebound_optimizer_keeps_its_state() {
+    let Some(gpu) = common::gpu() else { return };
+    let n = 1000;
+    let start: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let grads: Vec<Vec<f32>> = (0..4)
+        .map(|t| (0..n).map(|i| ((i * 7 + t) as f32 * 0.11).cos()).collect())
+        .collect();
+    let config: Optimizer = Adam {
+        weight_decay: 0.01,
+        ..Adam::adamw()
+    }
+    .into();
+
+    // One pair of buffers throughout.
+    let params = gpu.upload("test/params", &start).unwrap();
+    let g = gpu.zeros("test/grads", n).unwrap();
+    let mut still = GpuOptimizer::new(gpu, config.clone(), &params, &g).unwrap();
+    for grad in &grads {
+        gpu.write(&g, 0, grad).unwrap();
+        still.step(gpu).unwrap();
+    }
+    let want = gpu.download(&params, 0, n).unwrap();
+
+    // New gradient buffers every step, and the parameters moved after two steps (to an
+    // offset inside a larger buffer).
+    let params_a = gpu.upload("test/params a", &start).unwrap();
+    let first_grads = gpu.zeros("test/grads 0", n).unwrap();
+    let mut moving = GpuOptimizer::new(gpu, config, &params_a, &first_grads).unwrap();
+    let align = (gpu.limits().storage_offset_alignment / 4) as usize;
+    let params_b = gpu.zeros("test/params b", align + n).unwrap();
+    let mut current: (&wgpu::Buffer, u64) = (&params_a, 0);
+    for (t, grad) in grads.iter().enumerate() {
+        if t == 2 {
+            let moved = gpu.download(&params_a, 0, n).unwrap();
+            gpu.write(&params_b, align as u64, &moved).unwrap();
+            current = (&params_b, align as u64);
+        }
+        let fresh = gpu.upload("test/grads t", grad).unwrap();
+        let piece = Piece {
+            params: BufferRange {
+                buffer: current.0,
+                offset: current.1,
+                len: n,
+            },
+            grads: BufferRange::whole(&fresh),
+        };
+        moving.rebind(gpu, &[piece]).unwrap();
+        moving.step(gpu).unwrap();
+    }
+    assert_eq!(moving.step_count(), 4);
+    assert_eq!(gpu.download(&params_b, align as u64, n).unwrap(), want);
+
+    // Refused, and the old binding stays: a piece of another length, parameters and
+    // gradients in one buffer.
+    let short = gpu.zeros("test/short", n - 1).unwrap();
+    let bad = Piece {
+        params: BufferRange::whole(&short),
+        grads: BufferRange::whole(&first_grads),
+    };
+    assert!(matches!(
+        moving.rebind(gpu, &[bad]),
+        Err(Error::InvalidSetting { .. })
+    ));
+    let aliased = Piece {
+        params: BufferRange::whole(&params_a),
+        grads: BufferRange::whole(&params_a),
+    };
+    assert!(moving.rebind(gpu, &[aliased]).is_err());
+    let before = gpu.download(&params_b, align as u64, n).unwrap();
+    moving.step(gpu).unwrap();
+    assert_ne!(gpu.download(&params_b, align as u64, n).unwrap(), before);
+}

@@ -23,6 +23,10 @@ struct PieceState {
     len: usize,
     state: Vec<(StateSlot, wgpu::Buffer)>,
     master: Option<wgpu::Buffer>,
+    /// Every state binding in order: the configuration's state, or the placeholder.
+    bound: Vec<(wgpu::Buffer, Option<StateSlot>)>,
+    /// The chunks' records (`chunk_buffer`).
+    chunk_info: wgpu::Buffer,
 }
 
 /// Most guarded steps recorded before the host learns how many of them ran: each step carries
@@ -50,6 +54,8 @@ pub struct GpuOptimizer {
     len: usize,
     pieces: Vec<PieceState>,
     uniform: wgpu::Buffer,
+    /// Bound where an option keeps no state or master.
+    placeholder: wgpu::Buffer,
     dispatches: Chunked,
     /// Steps recorded (skipped ones included under a guard).
     step: u64,
@@ -234,20 +240,10 @@ impl GpuOptimizer {
             None => None,
         };
         let placeholder = gpu.zeros(&format!("{name}/unused"), 1)?;
-        let half = precision.half_format().is_some();
-        let grid = gpu.grid();
-        let chunk_units = if half {
-            grid.chunk_elements.min(MAX_CHUNK_WORDS)
-        } else {
-            grid.chunk_elements
-        };
-        let per_unit = if half { 2 } else { 1 };
-
-        let mut dispatches = Chunked::default();
         let mut states = Vec::with_capacity(pieces.len());
         let mut base = 0u64;
         for (index, piece) in pieces.iter().enumerate() {
-            let (params, grads) = (piece.params, piece.grads);
+            let params = piece.params;
             let len = params.len as u64;
             // Per state binding: the state the configuration keeps, or, where it uses none
             // (and past the kernel's own), the placeholder the override constants keep the
@@ -283,8 +279,8 @@ impl GpuOptimizer {
             } else {
                 None
             };
-            let units = len.div_ceil(per_unit);
-            let chunks = units.div_ceil(chunk_units);
+            let (chunk_units, per_unit) = chunking(gpu, precision);
+            let chunks = len.div_ceil(per_unit).div_ceil(chunk_units);
             let chunk_info = chunk_buffer(
                 gpu,
                 &format!("{name}/chunks#{index}"),
@@ -293,69 +289,9 @@ impl GpuOptimizer {
                 chunks,
                 chunk_units * per_unit,
             )?;
-            // Word offsets of the ranges (their byte offsets are aligned, so whole words).
-            let word = |range: &BufferRange<'_>| range.offset * precision.param_bytes() / 4;
-            let (param_word, grad_word) = (word(&params), word(&grads));
-            let mut chunk_index = 0;
-            gpu.scoped("creating bind groups", || {
-                dispatches.extend(
-                    gpu.device(),
-                    &kernel,
-                    &format!("{name}#{index}"),
-                    units,
-                    crate::kernels::Grid {
-                        chunk_elements: chunk_units,
-                        ..grid
-                    },
-                    |start, n| {
-                        let first = start * per_unit;
-                        let count = (n * per_unit).min(len - first);
-                        let mut entries = vec![
-                            entry(
-                                UNIFORM_BINDING,
-                                uniform_range(&uniform, 0, spec.uniform.size as u64),
-                            ),
-                            entry(
-                                PARAM_BINDING,
-                                elements(params.buffer, param_word + start, n),
-                            ),
-                            entry(GRAD_BINDING, elements(grads.buffer, grad_word + start, n)),
-                            entry(
-                                CHUNK_BINDING,
-                                uniform_range(
-                                    &chunk_info,
-                                    chunk_index * UNIFORM_STRIDE,
-                                    CHUNK_SIZE,
-                                ),
-                            ),
-                            entry(
-                                STEP_BITS_BINDING,
-                                uniform_range(&uniform, STEP_BITS_OFFSET, STEP_BITS_SIZE),
-                            ),
-                            entry(
-                                MASTER_BINDING,
-                                match &master {
-                                    Some(m) => elements(m, first, count),
-                                    None => elements(&placeholder, 0, 1),
-                                },
-                            ),
-                        ];
-                        chunk_index += 1;
-                        let state = (FIRST_STATE_BINDING..).zip(&bound);
-                        entries.extend(state.map(|(binding, (buffer, slot))| match slot {
-                            Some(_) if precision.state_bytes() == 2 => {
-                                entry(binding, elements(buffer, start, n))
-                            }
-                            Some(_) => entry(binding, elements(buffer, first, count)),
-                            None => entry(binding, elements(buffer, 0, 1)),
-                        }));
-                        entries
-                    },
-                )
-            })??;
             let state = bound
-                .into_iter()
-                .filter_map(|(buffer, slot)| Some((slot?, buffer)))
+                .iter()
+                .filter_map(|(buffer, slot)| Some(((*slot)?, buffer.clone())))
                 .collect();
             states.push(PieceState {
                 params: params.buffer.clone(),
@@ -363,9 +299,21 @@ impl GpuOptimizer {
                 len: params.len,
                 state,
                 master,
+                bound,
+                chunk_info,
             });
             base += len;
         }
+        let dispatches = bind_pieces(
+            gpu,
+            &kernel,
+            &config,
+            precision,
+            &uniform,
+            &placeholder,
+            pieces,
+            &states,
+        )?;
 
         Ok(Self {
             device: gpu.device().clone(),
@@ -375,10 +323,61 @@ impl GpuOptimizer {
             len: states.iter().map(|p| p.len).sum(),
             pieces: states,
             uniform,
+            placeholder,
             dispatches,
             step: 0,
             guarded,
         })
+    }
+
+    /// Binds the optimizer to other buffers for its parameters and gradients, keeping its
+    /// state, master and step count: for a pipeline whose tensors move between steps (Burn
+    /// hands out a new gradient buffer every step, and may move a parameter). The pieces must
+    /// be as many and as long as those the optimizer was made for, and pass the same checks;
+    /// on an `Err` the optimizer keeps its old buffers. An optimizer with a guard cannot be
+    /// rebound (the guard reads the gradients it was made for).
+    pub fn rebind(&mut self, gpu: &Gpu, pieces: &[Piece<'_>]) -> Result<()> {
+        self.check_device(gpu)?;
+        if self.guarded.is_some() {
+            return Err(Error::InvalidSetting {
+                what: "rebind".into(),
+                message: format!(
+                    "the {} optimizer has a guard, which reads the gradients it was made for",
+                    self.config.name()
+                ),
+            });
+        }
+        let lengths: Vec<usize> = pieces.iter().map(|p| p.params.len).collect();
+        let own: Vec<usize> = self.pieces.iter().map(|p| p.len).collect();
+        if lengths != own {
+            return Err(Error::InvalidSetting {
+                what: "rebind".into(),
+                message: format!(
+                    "pieces of {lengths:?} elements for an optimizer made for {own:?}"
+                ),
+            });
+        }
+        check_pieces(
+            gpu,
+            pieces,
+            ("params", "grads"),
+            self.precision.param_bytes(),
+        )?;
+        self.dispatches = bind_pieces(
+            gpu,
+            &self.kernel,
+            &self.config,
+            self.precision,
+            &self.uniform,
+            &self.placeholder,
+            pieces,
+            &self.pieces,
+        )?;
+        for (state, piece) in self.pieces.iter_mut().zip(pieces) {
+            state.params = piece.params.buffer.clone();
+            state.offset = piece.params.offset;
+        }
+        Ok(())
     }
 
     /// The guard run before each step, if the optimizer was made with one: its
@@ -923,6 +922,98 @@ impl Guarded {
         }
         Ok((self.confirmed.1, count))
     }
+}
+
+/// Units (f32 elements, or words of two 16-bit ones) per chunk, and elements per unit.
+fn chunking(gpu: &Gpu, precision: Precision) -> (u64, u64) {
+    let chunk_elements = gpu.grid().chunk_elements;
+    match precision.half_format() {
+        Some(_) => (chunk_elements.min(MAX_CHUNK_WORDS), 2),
+        None => (chunk_elements, 1),
+    }
+}
+
+/// The dispatches of every piece: `pieces`' ranges with the state, master and chunk records
+/// `states` keeps for them (the same count, in order).
+#[allow(clippy::too_many_arguments)]
+fn bind_pieces(
+    gpu: &Gpu,
+    kernel: &Kernel,
+    config: &Optimizer,
+    precision: Precision,
+    uniform: &wgpu::Buffer,
+    placeholder: &wgpu::Buffer,
+    pieces: &[Piece<'_>],
+    states: &[PieceState],
+) -> Result<Chunked> {
+    let name = config.name();
+    let scalars = config.kernel().uniform.size as u64;
+    let (chunk_units, per_unit) = chunking(gpu, precision);
+    let grid = gpu.grid();
+    let mut dispatches = Chunked::default();
+    for (index, (piece, kept)) in pieces.iter().zip(states).enumerate() {
+        let (params, grads) = (piece.params, piece.grads);
+        let len = params.len as u64;
+        let units = len.div_ceil(per_unit);
+        // Word offsets of the ranges (their byte offsets are aligned, so whole words).
+        let word = |range: &BufferRange<'_>| range.offset * precision.param_bytes() / 4;
+        let (param_word, grad_word) = (word(&params), word(&grads));
+        let mut chunk_index = 0;
+        gpu.scoped("creating bind groups", || {
+            dispatches.extend(
+                gpu.device(),
+                kernel,
+                &format!("{name}#{index}"),
+                units,
+                crate::kernels::Grid {
+                    chunk_elements: chunk_units,
+                    ..grid
+                },
+                |start, n| {
+                    let first = start * per_unit;
+                    let count = (n * per_unit).min(len - first);
+                    let mut entries = vec![
+                        entry(UNIFORM_BINDING, uniform_range(uniform, 0, scalars)),
+                        entry(
+                            PARAM_BINDING,
+                            elements(params.buffer, param_word + start, n),
+                        ),
+                        entry(GRAD_BINDING, elements(grads.buffer, grad_word + start, n)),
+                        entry(
+                            CHUNK_BINDING,
+                            uniform_range(
+                                &kept.chunk_info,
+                                chunk_index * UNIFORM_STRIDE,
+                                CHUNK_SIZE,
+                            ),
+                        ),
+                        entry(
+                            STEP_BITS_BINDING,
+                            uniform_range(uniform, STEP_BITS_OFFSET, STEP_BITS_SIZE),
+                        ),
+                        entry(
+                            MASTER_BINDING,
+                            match &kept.master {
+                                Some(m) => elements(m, first, count),
+                                None => elements(placeholder, 0, 1),
+                            },
+                        ),
+                    ];
+                    chunk_index += 1;
+                    let state = (FIRST_STATE_BINDING..).zip(&kept.bound);
+                    entries.extend(state.map(|(binding, (buffer, slot))| match slot {
+                        Some(_) if precision.state_bytes() == 2 => {
+                            entry(binding, elements(buffer, start, n))
+                        }
+                        Some(_) => entry(binding, elements(buffer, first, count)),
+                        None => entry(binding, elements(buffer, 0, 1)),
+                    }));
+                    entries
+                },
+            )
+        })??;
+    }
+    Ok(dispatches)
 }
 
 /// `size` bytes of a uniform buffer from `offset`.
