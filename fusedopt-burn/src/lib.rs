@@ -1,0 +1,444 @@
+//! fusedopt's fused optimizer kernels for Burn models on Burn's wgpu backend.
+//!
+//! [`FusedOptimizer`] steps a module the way Burn's `ModuleOptimizer` does (`step(lr, module,
+//! grads)`), but each parameter is stepped in place, in its own wgpu buffer, by one fusedopt
+//! kernel, with the optimizer state in fusedopt's buffers on the same device:
+//!
+//! 1. Burn and fusedopt share one device: [`init`] lets Burn create its wgpu runtime, and
+//!    [`wrap`] hands the device and queue it made to fusedopt (`fusedopt::Gpu::from_device`).
+//! 2. For each parameter with a gradient, the parameter's and the gradient's CubeCL tensors
+//!    are taken from the Burn tensors, and the wgpu buffer, offset and length behind each
+//!    (`client.get_resource`). A parameter whose storage is shared (a clone of the model, a
+//!    tensor still held elsewhere) is copied first, never written under another owner; tensors
+//!    that are not contiguous are made contiguous.
+//! 3. Burn's pending work is flushed to the queue, then every parameter's step is recorded into
+//!    one encoder and submitted once, so the steps run after the backward pass that made the
+//!    gradients and before anything Burn records next.
+//!
+//! Each parameter keeps one `fusedopt::GpuOptimizer`, rebound to the step's buffers (Burn hands
+//! out a new gradient buffer every step); its state and step count are fusedopt's, its numerics
+//! PyTorch's. Parameter groups follow Burn's `ParamGroup` (ids or module paths), each with its
+//! own configuration, as in PyTorch.
+
+use std::collections::HashMap;
+
+use burn::backend::Wgpu;
+use burn::module::{Module, ModuleMapper, Param, ParamGroup, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::wgpu::{WgpuInitError, WgpuSetup};
+use burn::tensor::{Device, Tensor};
+use burn_cubecl::tensor::CubeTensor;
+use cubecl_wgpu::{AutoCompiler, WgpuResource, WgpuServer};
+use fusedopt::{BufferRange, Gpu, GpuOptimizer, Optimizer, Piece};
+
+/// What can go wrong between Burn and fusedopt.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Burn's wgpu runtime could not start.
+    #[error("Burn's wgpu runtime: {0}")]
+    Init(#[from] WgpuInitError),
+    /// fusedopt refused a step or a setting.
+    #[error(transparent)]
+    Fusedopt(#[from] fusedopt::Error),
+    /// A tensor is not an f32 tensor of Burn's wgpu backend (another backend, fusion, a
+    /// quantized or 16-bit tensor).
+    #[error("parameter {param}: {message}")]
+    Tensor {
+        /// The parameter's path in the module.
+        param: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// CubeCL could not hand out a tensor's buffer.
+    #[error("parameter {param}: CubeCL: {message}")]
+    Resource {
+        /// The parameter's path in the module.
+        param: String,
+        /// CubeCL's error.
+        message: String,
+    },
+}
+
+/// Results of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Starts Burn's wgpu runtime on the best adapter: the Burn device to build models on, and the
+/// wgpu setup it made, whose device and queue [`wrap`] hands to fusedopt.
+pub fn init() -> Result<(Device, WgpuSetup)> {
+    Ok(Device::wgpu_options().init_with_setup()?)
+}
+
+/// A fusedopt context on the device and queue of a Burn wgpu setup (as many as wanted: each
+/// wraps the same device).
+pub fn wrap(setup: &WgpuSetup) -> Gpu {
+    Gpu::from_device(setup.device.clone(), setup.queue.clone())
+}
+
+/// A Burn module optimizer whose every step is fusedopt's fused kernel on the parameter's own
+/// buffer.
+#[derive(Debug)]
+pub struct FusedOptimizer {
+    gpu: Gpu,
+    /// Parameter groups, the last matching one applying (the first matches all).
+    groups: Vec<(GroupMatcher, Optimizer)>,
+    states: HashMap<ParamId, GpuOptimizer>,
+    /// Where a gradient that shares its parameter's wgpu buffer is copied first (wgpu refuses
+    /// one buffer bound read-write and read-only in one dispatch); as long as the largest such
+    /// gradient.
+    scratch: Option<wgpu::Buffer>,
+    /// Gradients copied into the scratch buffer so far.
+    copied: u64,
+}
+
+/// A [`ParamGroup`] (which has no `Debug`).
+struct GroupMatcher(ParamGroup);
+
+impl std::fmt::Debug for GroupMatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ParamGroup")
+    }
+}
+
+impl FusedOptimizer {
+    /// An optimizer of every parameter with `config` (validated here), on `gpu`, which must be
+    /// a context on the Burn device's own wgpu device ([`init`], [`wrap`]).
+    pub fn new(gpu: Gpu, config: impl Into<Optimizer>) -> Result<Self> {
+        let config = config.into();
+        config.validate()?;
+        Ok(Self {
+            gpu,
+            groups: vec![(GroupMatcher(ParamGroup::all()), config)],
+            states: HashMap::new(),
+            scratch: None,
+            copied: 0,
+        })
+    }
+
+    /// The parameters of `group` get `config` instead (as PyTorch's parameter groups: weight
+    /// decay on the weights, none on the biases, another learning rate for a part). Later
+    /// groups take precedence; parameters already stepped keep the configuration they had.
+    pub fn with_group(mut self, group: ParamGroup, config: impl Into<Optimizer>) -> Result<Self> {
+        let config = config.into();
+        config.validate()?;
+        self.groups.push((GroupMatcher(group), config));
+        Ok(self)
+    }
+
+    /// The fusedopt context.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Gradients that shared a wgpu buffer with their parameter (CubeCL's memory pool puts
+    /// small tensors in shared pages) and were copied into fusedopt's scratch buffer first,
+    /// over all steps.
+    pub fn gradients_copied(&self) -> u64 {
+        self.copied
+    }
+
+    /// The scratch buffer, at least `len` elements long.
+    fn scratch(&mut self, len: usize) -> Result<wgpu::Buffer> {
+        match &self.scratch {
+            Some(buffer) if buffer.size() >= len as u64 * 4 => Ok(buffer.clone()),
+            _ => {
+                let buffer = self.gpu.zeros("fusedopt-burn/gradient scratch", len)?;
+                self.scratch = Some(buffer.clone());
+                Ok(buffer)
+            }
+        }
+    }
+
+    /// Steps of the parameter `id` so far (0 before its first).
+    pub fn step_count(&self, id: ParamId) -> u64 {
+        self.states.get(&id).map_or(0, GpuOptimizer::step_count)
+    }
+
+    /// Every state tensor of the parameter `id`, by PyTorch's name (none before its first
+    /// step), read back from the device.
+    pub fn read_state(&self, id: ParamId) -> Result<Vec<(&'static str, Vec<f32>)>> {
+        match self.states.get(&id) {
+            Some(optimizer) => Ok(optimizer.read_state(&self.gpu)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// One step of every parameter of `module` that has a gradient in `grads`, at each group's
+    /// configured learning rate; returns the module with its parameters stepped in place.
+    pub fn step<M: Module>(&mut self, module: M, grads: GradientsParams) -> Result<M> {
+        self.step_with(None, module, grads)
+    }
+
+    /// [`Self::step`] at learning rate `lr` for every group (a schedule's value).
+    pub fn step_with_lr<M: Module>(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+    ) -> Result<M> {
+        self.step_with(Some(lr), module, grads)
+    }
+
+    fn step_with<M: Module>(
+        &mut self,
+        lr: Option<f64>,
+        module: M,
+        grads: GradientsParams,
+    ) -> Result<M> {
+        let mut encoder =
+            self.gpu
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("fusedopt-burn/step"),
+                });
+        let mut mapper = Stepper {
+            optimizer: self,
+            encoder: &mut encoder,
+            grads,
+            lr,
+            path: Vec::new(),
+            recorded: Vec::new(),
+            held: Vec::new(),
+            copies: 0,
+            error: None,
+        };
+        let module = module.map(&mut mapper);
+        let Stepper {
+            recorded,
+            held,
+            copies,
+            error,
+            ..
+        } = mapper;
+        if let Some(error) = error {
+            self.undo(&recorded);
+            return Err(error);
+        }
+        let submitted = self.gpu.submit("stepping a Burn module", encoder);
+        let submission = match submitted {
+            Ok(submission) => submission,
+            Err(error) => {
+                self.undo(&recorded);
+                return Err(error.into());
+            }
+        };
+        // The buffers stay where they are until the steps have run.
+        self.copied += copies;
+        self.gpu.wait(submission)?;
+        drop(held);
+        Ok(module)
+    }
+
+    /// Sets back the step counts of a step that was not submitted; drops the optimizers it
+    /// created.
+    fn undo(&mut self, recorded: &[(ParamId, Option<u64>)]) {
+        for (id, before) in recorded {
+            match before {
+                Some(count) => {
+                    if let Some(optimizer) = self.states.get_mut(id) {
+                        optimizer.set_step_count(*count);
+                    }
+                }
+                None => {
+                    self.states.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The configuration of the parameter `id` at `path`.
+    fn config_of(&self, id: &ParamId, path: &str) -> &Optimizer {
+        let (_, config) = self
+            .groups
+            .iter()
+            .rev()
+            .find(|(group, _)| group.0.matches(id, Some(path)))
+            .unwrap_or(&self.groups[0]);
+        config
+    }
+}
+
+/// The module mapper of one step.
+struct Stepper<'a> {
+    optimizer: &'a mut FusedOptimizer,
+    encoder: &'a mut wgpu::CommandEncoder,
+    grads: GradientsParams,
+    lr: Option<f64>,
+    /// The module path of the parameter being visited.
+    path: Vec<String>,
+    /// Parameters stepped, with their step count before (`None`: a new optimizer).
+    recorded: Vec<(ParamId, Option<u64>)>,
+    /// The tensors and resources the recorded steps use, kept until they have run.
+    held: Vec<Held>,
+    /// Gradients copied into the scratch buffer.
+    copies: u64,
+    /// The first error; later parameters are left alone.
+    error: Option<Error>,
+}
+
+/// What keeps one stepped parameter's buffers in place until its step has run.
+#[allow(dead_code)]
+struct Held {
+    grad: CubeTensor,
+    params: Resource,
+    grads: Resource,
+}
+
+/// `len` f32 elements of a CubeCL resource (its offset is in bytes, on the storage alignment).
+fn range(resource: &WgpuResource, len: usize) -> BufferRange<'_> {
+    BufferRange {
+        buffer: &resource.buffer,
+        offset: resource.offset / 4,
+        len,
+    }
+}
+
+/// A wgpu buffer range CubeCL keeps in place (not freed, reused or moved) while it is held.
+type Resource = cubecl_runtime::storage::ManagedResource<WgpuResource>;
+
+impl ModuleMapper for Stepper<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        if self.error.is_some() {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let path = self.path.join(".");
+        match self.step_one(id, &path, tensor.clone().inner(), grad) {
+            Ok(stepped) => {
+                let mut value = Tensor::from_inner(stepped);
+                if require_grad {
+                    value = value.require_grad();
+                }
+                Param::from_mapped_value(id, value, mapper)
+            }
+            Err(error) => {
+                self.error = Some(error);
+                Param::from_mapped_value(id, tensor, mapper)
+            }
+        }
+    }
+}
+
+impl Stepper<'_> {
+    /// Records the step of one parameter; returns its tensor (the same storage, or its copy
+    /// where the storage was shared).
+    fn step_one<const D: usize>(
+        &mut self,
+        id: ParamId,
+        path: &str,
+        param: Tensor<D>,
+        grad: Tensor<D>,
+    ) -> Result<Tensor<D>> {
+        let cube = |tensor: Tensor<D>, what: &str| -> Result<CubeTensor> {
+            let tensor = tensor
+                .try_into_primitive::<Wgpu>()
+                .map_err(|e| Error::Tensor {
+                    param: path.to_string(),
+                    message: format!("its {what} is not a tensor of Burn's wgpu backend: {e:?}"),
+                })?;
+            if tensor.dtype != burn::tensor::DType::F32 {
+                return Err(Error::Tensor {
+                    param: path.to_string(),
+                    message: format!("its {what} is {:?}; fusedopt-burn steps f32", tensor.dtype),
+                });
+            }
+            // Strided or broadcast storage is no flat range of elements.
+            Ok(if tensor.is_contiguous() && tensor.is_contiguous_buffer() {
+                tensor
+            } else {
+                burn_cubecl::kernel::into_contiguous(tensor)
+            })
+        };
+        let mut param = cube(param, "value")?;
+        let grad = cube(grad, "gradient")?;
+        // Another owner (a clone of the module, a tensor kept by the caller) must not see the
+        // step: it gets the old values, and the step a copy.
+        if !param.can_mut() {
+            param = param.copy();
+        }
+        let len = param.meta.shape().num_elements();
+        let resource_error = |e: &dyn std::fmt::Debug| Error::Resource {
+            param: path.to_string(),
+            message: format!("{e:?}"),
+        };
+        // Burn's work so far (the backward pass, any copy above) goes to the queue before ours.
+        param.client.flush().map_err(|e| resource_error(&e))?;
+        let resource = |tensor: &CubeTensor| {
+            tensor
+                .client
+                .get_resource::<WgpuServer<AutoCompiler>>(tensor.handle.clone())
+                .map_err(|e| resource_error(&e))
+        };
+        let (params_resource, grads_resource) = (resource(&param)?, resource(&grad)?);
+        let (params_at, grads_at) = (params_resource.resource(), grads_resource.resource());
+        // One buffer cannot be bound read-write and read-only in one dispatch: a gradient in
+        // its parameter's buffer is stepped from a copy (ordered after the steps recorded
+        // before, which may read the scratch buffer, by the encoder).
+        let scratch = if params_at.buffer == grads_at.buffer {
+            let scratch = self.optimizer.scratch(len)?;
+            self.encoder.copy_buffer_to_buffer(
+                &grads_at.buffer,
+                grads_at.offset,
+                &scratch,
+                0,
+                len as u64 * 4,
+            );
+            Some(scratch)
+        } else {
+            None
+        };
+        let piece = Piece {
+            params: range(params_at, len),
+            grads: match &scratch {
+                Some(buffer) => BufferRange {
+                    buffer,
+                    offset: 0,
+                    len,
+                },
+                None => range(grads_at, len),
+            },
+        };
+        let gpu = &self.optimizer.gpu;
+        let before = self.optimizer.states.get(&id).map(GpuOptimizer::step_count);
+        match self.optimizer.states.get_mut(&id) {
+            Some(optimizer) => optimizer.rebind(gpu, &[piece])?,
+            None => {
+                let config = self.optimizer.config_of(&id, path).clone();
+                let optimizer = GpuOptimizer::with_pieces(gpu, config, &[piece])?;
+                self.optimizer.states.insert(id, optimizer);
+            }
+        }
+        let optimizer = self
+            .optimizer
+            .states
+            .get_mut(&id)
+            .expect("inserted or found above");
+        let lr = self.lr.unwrap_or_else(|| optimizer.config().lr());
+        let recorded = optimizer.record_step_with_lr(gpu, self.encoder, lr);
+        if let Err(error) = recorded {
+            if before.is_none() {
+                self.optimizer.states.remove(&id);
+            }
+            return Err(error.into());
+        }
+        self.recorded.push((id, before));
+        self.copies += u64::from(scratch.is_some());
+        self.held.push(Held {
+            grad,
+            params: params_resource,
+            grads: grads_resource,
+        });
+        Ok(Tensor::from_primitive::<Wgpu>(param))
+    }
+}
