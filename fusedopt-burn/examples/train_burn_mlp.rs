@@ -121,9 +121,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let fused_loss = scalar(loss(&model, &x, &t).inner())?;
     let first = first.unwrap_or(f32::NAN);
     println!(
-        "fusedopt AdamW: loss {first:.3e} -> {fused_loss:.3e} in {STEPS} steps ({} gradients \
-         stepped from a copy: they shared their parameter's wgpu buffer)",
-        fused.gradients_copied()
+        "fusedopt AdamW: loss {first:.3e} -> {fused_loss:.3e} in {STEPS} steps; {} gradients \
+         stepped from a copy (they shared their parameter's wgpu buffer), {} parameters copied \
+         (their storage was shared with the start, kept for Burn's run), the rest in place",
+        fused.gradients_copied(),
+        fused.parameters_copied()
     );
 
     // Burn's own AdamW from the same start (eps as PyTorch's; one weight decay for all).

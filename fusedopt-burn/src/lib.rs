@@ -88,6 +88,8 @@ pub struct FusedOptimizer {
     scratch: Option<wgpu::Buffer>,
     /// Gradients copied into the scratch buffer so far.
     copied: u64,
+    /// Parameters whose storage was shared, copied before their step, so far.
+    params_copied: u64,
 }
 
 /// A [`ParamGroup`] (which has no `Debug`).
@@ -111,6 +113,7 @@ impl FusedOptimizer {
             states: HashMap::new(),
             scratch: None,
             copied: 0,
+            params_copied: 0,
         })
     }
 
@@ -134,6 +137,13 @@ impl FusedOptimizer {
     /// over all steps.
     pub fn gradients_copied(&self) -> u64 {
         self.copied
+    }
+
+    /// Parameters whose storage another owner shared (a clone of the module, a tensor the
+    /// caller holds), stepped as a copy so that the other owner keeps its values, over all
+    /// steps. Parameters Burn alone holds are stepped in place and not counted.
+    pub fn parameters_copied(&self) -> u64 {
+        self.params_copied
     }
 
     /// The scratch buffer, at least `len` elements long.
@@ -199,6 +209,7 @@ impl FusedOptimizer {
             recorded: Vec::new(),
             held: Vec::new(),
             copies: 0,
+            param_copies: 0,
             error: None,
         };
         let module = module.map(&mut mapper);
@@ -206,6 +217,7 @@ impl FusedOptimizer {
             recorded,
             held,
             copies,
+            param_copies,
             error,
             ..
         } = mapper;
@@ -223,6 +235,7 @@ impl FusedOptimizer {
         };
         // The buffers stay where they are until the steps have run.
         self.copied += copies;
+        self.params_copied += param_copies;
         self.gpu.wait(submission)?;
         drop(held);
         Ok(module)
@@ -257,6 +270,40 @@ impl FusedOptimizer {
     }
 }
 
+/// The autodiff state a parameter carries, put back onto the stepped value as Burn's own
+/// optimizers put it back: whether it requires gradients, its gradient-checkpointing strategy
+/// (a forward pass refuses tensors of two strategies), and whether it is distributed (its
+/// gradients all-reduced).
+struct Context {
+    require_grad: bool,
+    distributed: bool,
+    checkpointing: Option<burn::tensor::GradientCheckpointingStrategy>,
+}
+
+impl Context {
+    fn capture<const D: usize>(parameter: &Tensor<D>) -> Self {
+        Self {
+            require_grad: parameter.is_require_grad(),
+            distributed: parameter.is_distributed(),
+            checkpointing: parameter.gradient_checkpointing_strategy(),
+        }
+    }
+
+    fn restore<const D: usize>(self, stepped: Tensor<D>, id: ParamId) -> Tensor<D> {
+        let mut parameter = Tensor::from_inner(stepped);
+        if let Some(strategy) = self.checkpointing {
+            parameter = parameter.with_gradient_checkpointing_strategy(strategy);
+        }
+        if self.require_grad {
+            parameter = parameter.require_grad();
+        }
+        if self.distributed {
+            parameter = parameter.set_distributed(id);
+        }
+        parameter
+    }
+}
+
 /// The module mapper of one step.
 struct Stepper<'a> {
     optimizer: &'a mut FusedOptimizer,
@@ -271,6 +318,8 @@ struct Stepper<'a> {
     held: Vec<Held>,
     /// Gradients copied into the scratch buffer.
     copies: u64,
+    /// Parameters copied because their storage was shared.
+    param_copies: u64,
     /// The first error; later parameters are left alone.
     error: Option<Error>,
 }
@@ -312,19 +361,17 @@ impl ModuleMapper for Stepper<'_> {
         let Some(grad) = self.grads.remove::<D>(id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let require_grad = tensor.is_require_grad();
+        let context = Context::capture(&tensor);
+        let (shape, device) = (tensor.shape(), tensor.device());
         let path = self.path.join(".");
-        match self.step_one(id, &path, tensor.clone().inner(), grad) {
-            Ok(stepped) => {
-                let mut value = Tensor::from_inner(stepped);
-                if require_grad {
-                    value = value.require_grad();
-                }
-                Param::from_mapped_value(id, value, mapper)
-            }
+        // The tensor is moved, not cloned: a second handle would make its storage look shared
+        // and every step a copy.
+        match self.step_one(id, &path, tensor.inner(), grad) {
+            Ok(stepped) => Param::from_mapped_value(id, context.restore(stepped, id), mapper),
             Err(error) => {
                 self.error = Some(error);
-                Param::from_mapped_value(id, tensor, mapper)
+                // The step returns the error, not the module: zeros keep the mapping going.
+                Param::from_mapped_value(id, Tensor::zeros(shape, &device), mapper)
             }
         }
     }
@@ -366,6 +413,7 @@ impl Stepper<'_> {
         // step: it gets the old values, and the step a copy.
         if !param.can_mut() {
             param = param.copy();
+            self.param_copies += 1;
         }
         let len = param.meta.shape().num_elements();
         let resource_error = |e: &dyn std::fmt::Debug| Error::Resource {

@@ -232,4 +232,10 @@ fn a_clone_keeps_its_values_and_groups_get_their_configuration() {
     for (id, (path, value, _)) in params(&kept) {
         assert_eq!(value, before[&id].1, "{path} of the clone");
     }
+    assert_eq!(fused.parameters_copied(), after.len() as u64);
+    // Once the clone is gone the parameters are Burn's alone: stepped in place.
+    drop(kept);
+    let (_, grads) = gradients(&net, &x, &t);
+    let _net = fused.step(net, grads).unwrap();
+    assert_eq!(fused.parameters_copied(), after.len() as u64, "no copy");
 }
