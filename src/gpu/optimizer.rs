@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::Gpu;
 use super::guard::{CallerScale, GradGuard, buffer_entry};
-use super::range::{BufferRange, Piece, check_pieces};
+use super::range::{BufferRange, Piece, check_pieces, check_state_names};
 use super::transfer::UNIFORM_STRIDE;
 use crate::error::{Error, Result};
 use crate::kernels::{
@@ -732,19 +732,7 @@ impl GpuOptimizer {
             .first()
             .map(|p| p.state.iter().map(|(slot, _)| slot.name).collect())
             .unwrap_or_default();
-        let mut given: Vec<&str> = state.iter().map(|(name, _)| *name).collect();
-        given.sort_unstable();
-        let mut wanted = slots.clone();
-        wanted.sort_unstable();
-        if given != wanted {
-            return Err(Error::InvalidSetting {
-                what: "optimizer state".into(),
-                message: format!(
-                    "the {} optimizer keeps {wanted:?}, got {given:?}",
-                    self.config.name()
-                ),
-            });
-        }
+        check_state_names(self.config.name(), &slots, state)?;
         for (name, values) in state {
             if values.len() != self.len {
                 return Err(Error::LengthMismatch {

@@ -236,3 +236,23 @@ fn overlap(a: &BufferRange<'_>, b: &BufferRange<'_>, size: u64) -> bool {
     let (a_bytes, b_bytes) = (a.bytes(size), b.bytes(size));
     a.buffer == b.buffer && a_bytes.start < b_bytes.end && b_bytes.start < a_bytes.end
 }
+
+/// Checks that `given` names each state tensor an optimizer keeps (`kept`) exactly once, and no
+/// other, before any of them is written.
+pub(crate) fn check_state_names(
+    optimizer: &str,
+    kept: &[&str],
+    given: &[(&str, &[f32])],
+) -> Result<()> {
+    let mut names: Vec<&str> = given.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    let mut wanted = kept.to_vec();
+    wanted.sort_unstable();
+    if names != wanted {
+        return Err(Error::InvalidSetting {
+            what: "optimizer state".into(),
+            message: format!("the {optimizer} optimizer keeps {wanted:?}, got {names:?}"),
+        });
+    }
+    Ok(())
+}

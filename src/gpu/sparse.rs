@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::Gpu;
-use super::range::{BufferRange, check_owned, check_range};
+use super::range::{BufferRange, check_owned, check_range, check_state_names};
 use super::transfer::UNIFORM_STRIDE;
 use crate::error::{Error, Result};
 use crate::kernels::{
@@ -217,23 +217,15 @@ impl SparseGpuOptimizer {
     /// writes are ordered after the work submitted before and before the next submission.
     pub fn write_state(&self, gpu: &Gpu, state: &[(&str, &[f32])]) -> Result<()> {
         self.check_device(gpu)?;
-        let mut writes = Vec::with_capacity(self.state.len());
-        for (name, buffer) in &self.state {
-            let given: Vec<&[f32]> = state
+        let kept: Vec<&str> = self.state.iter().map(|(name, _)| *name).collect();
+        check_state_names(self.config.name(), &kept, state)?;
+        let mut writes = Vec::with_capacity(state.len());
+        for (name, values) in state {
+            let (_, buffer) = self
+                .state
                 .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, v)| *v)
-                .collect();
-            let [values] = given[..] else {
-                return Err(Error::InvalidSetting {
-                    what: "sparse optimizer state".into(),
-                    message: format!(
-                        "{name} given {} times; the sparse {} optimizer needs it once",
-                        given.len(),
-                        self.config.name()
-                    ),
-                });
-            };
+                .find(|(kept, _)| kept == name)
+                .expect("checked above");
             let expected = (buffer.size() / 4) as usize;
             if values.len() != expected {
                 return Err(Error::LengthMismatch {
@@ -242,19 +234,7 @@ impl SparseGpuOptimizer {
                     got: values.len(),
                 });
             }
-            writes.push((buffer, values));
-        }
-        if let Some((name, _)) = state
-            .iter()
-            .find(|(n, _)| !self.state.iter().any(|(kept, _)| kept == n))
-        {
-            return Err(Error::InvalidSetting {
-                what: "sparse optimizer state".into(),
-                message: format!(
-                    "the sparse {} optimizer keeps no {name}",
-                    self.config.name()
-                ),
-            });
+            writes.push((buffer, *values));
         }
         for (buffer, values) in writes {
             gpu.write(buffer, 0, values)?;
