@@ -10,10 +10,12 @@
 //!    are taken from the Burn tensors, and the wgpu buffer, offset and length behind each
 //!    (`client.get_resource`). A parameter whose storage is shared (a clone of the model, a
 //!    tensor still held elsewhere) is copied first, never written under another owner; tensors
-//!    that are not contiguous are made contiguous.
-//! 3. Burn's pending work is flushed to the queue, then every parameter's step is recorded into
-//!    one encoder and submitted once, so the steps run after the backward pass that made the
-//!    gradients and before anything Burn records next.
+//!    that are not contiguous are made contiguous; a view at an offset no binding can start at
+//!    is copied.
+//! 3. Taking the resources submits the work CubeCL has queued for those tensors (the backward
+//!    pass); then every parameter's step is recorded into one encoder and submitted once, not
+//!    waited for: what Burn records next runs after the steps.
+//! 4. On an error nothing is stepped and the module comes back as it was ([`StepError`]).
 //!
 //! Each parameter keeps one `fusedopt::GpuOptimizer`, rebound to the step's buffers (Burn hands
 //! out a new gradient buffer every step); its state and step count are fusedopt's, its numerics
@@ -25,7 +27,7 @@ use std::collections::HashMap;
 use burn::backend::Wgpu;
 use burn::module::{Module, ModuleMapper, Param, ParamGroup, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::wgpu::{WgpuInitError, WgpuSetup};
+use burn::tensor::wgpu::{WgpuBackend, WgpuInitError, WgpuSetup};
 use burn::tensor::{Device, Tensor};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl_wgpu::{AutoCompiler, WgpuResource, WgpuServer};
@@ -62,10 +64,65 @@ pub enum Error {
 /// Results of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What [`FusedOptimizer::step`] returns: the stepped module, or the module unstepped with
+/// the reason.
+pub type StepResult<M> = std::result::Result<M, StepError<M>>;
+
+/// A step that was not taken: why, and the module as it was handed in. No parameter of it
+/// was changed (a parameter may come back as a copy or a contiguous version of itself, with
+/// the same values); the gradients are spent, as Burn's optimizers spend them.
+pub struct StepError<M> {
+    /// Why the step was not taken.
+    pub error: Error,
+    /// The module, with its parameters' values as they were.
+    pub module: M,
+}
+
+impl<M> std::fmt::Debug for StepError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> std::fmt::Display for StepError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the step was not taken: {}", self.error)
+    }
+}
+
+impl<M> std::error::Error for StepError<M> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<M> From<StepError<M>> for Error {
+    /// The error alone, the module dropped.
+    fn from(error: StepError<M>) -> Self {
+        error.error
+    }
+}
+
 /// Starts Burn's wgpu runtime on the best adapter: the Burn device to build models on, and the
-/// wgpu setup it made, whose device and queue [`wrap`] hands to fusedopt.
+/// wgpu setup it made, whose device and queue [`wrap`] hands to fusedopt. As fusedopt does, it
+/// takes the graphics API from `WGPU_BACKEND` when that names one (`vulkan`, `gl`, `metal`,
+/// `dx12`), and Burn's choice otherwise.
 pub fn init() -> Result<(Device, WgpuSetup)> {
-    Ok(Device::wgpu_options().init_with_setup()?)
+    let one = |backends| wgpu::Backends::from_env() == Some(backends);
+    let api = if one(wgpu::Backends::VULKAN) {
+        WgpuBackend::Vulkan
+    } else if one(wgpu::Backends::GL) {
+        WgpuBackend::Gl
+    } else if one(wgpu::Backends::METAL) {
+        WgpuBackend::Metal
+    } else if one(wgpu::Backends::DX12) {
+        WgpuBackend::Dx12
+    } else {
+        WgpuBackend::Auto
+    };
+    Ok(Device::wgpu_options().graphics_api(api).init_with_setup()?)
 }
 
 /// A fusedopt context on the device and queue of a Burn wgpu setup (as many as wanted: each
@@ -139,9 +196,10 @@ impl FusedOptimizer {
         self.copied
     }
 
-    /// Parameters whose storage another owner shared (a clone of the module, a tensor the
-    /// caller holds), stepped as a copy so that the other owner keeps its values, over all
-    /// steps. Parameters Burn alone holds are stepped in place and not counted.
+    /// Parameters stepped as a copy, over all steps: their storage was shared with another
+    /// owner (a clone of the module, a tensor the caller holds), which keeps its values, or
+    /// they were a view at an offset no binding can start at. Parameters Burn alone holds are
+    /// stepped in place and not counted.
     pub fn parameters_copied(&self) -> u64 {
         self.params_copied
     }
@@ -173,8 +231,10 @@ impl FusedOptimizer {
     }
 
     /// One step of every parameter of `module` that has a gradient in `grads`, at each group's
-    /// configured learning rate; returns the module with its parameters stepped in place.
-    pub fn step<M: Module>(&mut self, module: M, grads: GradientsParams) -> Result<M> {
+    /// configured learning rate; returns the module with its parameters stepped in place. The
+    /// steps are submitted, not waited for: what Burn runs next is queued after them. On an
+    /// error no parameter is stepped and the module comes back in the [`StepError`].
+    pub fn step<M: Module>(&mut self, module: M, grads: GradientsParams) -> StepResult<M> {
         self.step_with(None, module, grads)
     }
 
@@ -184,7 +244,7 @@ impl FusedOptimizer {
         lr: f64,
         module: M,
         grads: GradientsParams,
-    ) -> Result<M> {
+    ) -> StepResult<M> {
         self.step_with(Some(lr), module, grads)
     }
 
@@ -193,7 +253,7 @@ impl FusedOptimizer {
         lr: Option<f64>,
         module: M,
         grads: GradientsParams,
-    ) -> Result<M> {
+    ) -> StepResult<M> {
         let mut encoder =
             self.gpu
                 .device()
@@ -221,23 +281,24 @@ impl FusedOptimizer {
             error,
             ..
         } = mapper;
+        let error = match error {
+            Some(error) => Some(error),
+            None => self
+                .gpu
+                .submit("stepping a Burn module", encoder)
+                .err()
+                .map(Error::from),
+        };
+        // Held until the submission: before it, CubeCL could give their memory to another
+        // tensor and have it written first. After it, the queue orders every later write to
+        // that memory (and the release of a buffer) after the steps.
+        drop(held);
         if let Some(error) = error {
             self.undo(&recorded);
-            return Err(error);
+            return Err(StepError { error, module });
         }
-        let submitted = self.gpu.submit("stepping a Burn module", encoder);
-        let submission = match submitted {
-            Ok(submission) => submission,
-            Err(error) => {
-                self.undo(&recorded);
-                return Err(error.into());
-            }
-        };
-        // The buffers stay where they are until the steps have run.
         self.copied += copies;
         self.params_copied += param_copies;
-        self.gpu.wait(submission)?;
-        drop(held);
         Ok(module)
     }
 
@@ -314,17 +375,17 @@ struct Stepper<'a> {
     path: Vec<String>,
     /// Parameters stepped, with their step count before (`None`: a new optimizer).
     recorded: Vec<(ParamId, Option<u64>)>,
-    /// The tensors and resources the recorded steps use, kept until they have run.
+    /// The tensors and resources the recorded steps use, kept until they are submitted.
     held: Vec<Held>,
     /// Gradients copied into the scratch buffer.
     copies: u64,
-    /// Parameters copied because their storage was shared.
+    /// Parameters stepped as a copy.
     param_copies: u64,
     /// The first error; later parameters are left alone.
     error: Option<Error>,
 }
 
-/// What keeps one stepped parameter's buffers in place until its step has run.
+/// What keeps one stepped parameter's buffers in place until its step is submitted.
 #[allow(dead_code)]
 struct Held {
     grad: CubeTensor,
@@ -332,7 +393,7 @@ struct Held {
     grads: Resource,
 }
 
-/// `len` f32 elements of a CubeCL resource (its offset is in bytes, on the storage alignment).
+/// `len` f32 elements of a CubeCL resource (its offset is in bytes).
 fn range(resource: &WgpuResource, len: usize) -> BufferRange<'_> {
     BufferRange {
         buffer: &resource.buffer,
@@ -343,6 +404,41 @@ fn range(resource: &WgpuResource, len: usize) -> BufferRange<'_> {
 
 /// A wgpu buffer range CubeCL keeps in place (not freed, reused or moved) while it is held.
 type Resource = cubecl_runtime::storage::ManagedResource<WgpuResource>;
+
+/// The CubeCL tensor behind `tensor`, which must be an f32 tensor of Burn's wgpu backend.
+fn into_cube<const D: usize>(tensor: Tensor<D>, path: &str, what: &str) -> Result<CubeTensor> {
+    let invalid = |message| Error::Tensor {
+        param: path.to_string(),
+        message,
+    };
+    let tensor = tensor.try_into_primitive::<Wgpu>().map_err(|e| {
+        invalid(format!(
+            "its {what} is not a tensor of Burn's wgpu backend: {e:?}"
+        ))
+    })?;
+    if tensor.dtype != burn::tensor::DType::F32 {
+        let dtype = tensor.dtype;
+        return Err(invalid(format!(
+            "its {what} is {dtype:?}; fusedopt-burn steps f32"
+        )));
+    }
+    Ok(tensor)
+}
+
+/// Whether a CubeCL tensor is one flat range of its buffer (not strided, broadcast or a view
+/// of more memory than its elements).
+fn is_flat(tensor: &CubeTensor) -> bool {
+    tensor.is_contiguous() && tensor.is_contiguous_buffer()
+}
+
+/// `make(param)` (a copy of it, with the same values), allocated where CubeCL keeps weights:
+/// its persistent pool, apart from the pages where gradients come and go. (A copy in those
+/// pages would share a wgpu buffer with later gradients, each then copied before its step.)
+fn as_weight(param: &CubeTensor, make: impl FnOnce(CubeTensor) -> CubeTensor + Send) -> CubeTensor {
+    param
+        .client
+        .memory_persistent_allocation(param.clone(), make)
+}
 
 impl ModuleMapper for Stepper<'_> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
@@ -362,90 +458,134 @@ impl ModuleMapper for Stepper<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let context = Context::capture(&tensor);
-        let (shape, device) = (tensor.shape(), tensor.device());
         let path = self.path.join(".");
         // The tensor is moved, not cloned: a second handle would make its storage look shared
         // and every step a copy.
-        match self.step_one(id, &path, tensor.inner(), grad) {
-            Ok(stepped) => Param::from_mapped_value(id, context.restore(stepped, id), mapper),
-            Err(error) => {
+        let value = match self.step_one(id, &path, tensor.inner(), grad) {
+            Ok(stepped) => stepped,
+            Err(failed) => {
+                let (error, value) = *failed;
                 self.error = Some(error);
-                // The step returns the error, not the module: zeros keep the mapping going.
-                Param::from_mapped_value(id, Tensor::zeros(shape, &device), mapper)
+                value
             }
-        }
+        };
+        Param::from_mapped_value(id, context.restore(value, id), mapper)
     }
 }
 
 impl Stepper<'_> {
-    /// Records the step of one parameter; returns its tensor (the same storage, or its copy
-    /// where the storage was shared).
+    /// Records the step of one parameter and returns its tensor: the same storage, or a copy
+    /// where the storage was shared or could not be bound as it was. On an error the tensor
+    /// comes back with its values unchanged.
     fn step_one<const D: usize>(
         &mut self,
         id: ParamId,
         path: &str,
         param: Tensor<D>,
         grad: Tensor<D>,
-    ) -> Result<Tensor<D>> {
-        let cube = |tensor: Tensor<D>, what: &str| -> Result<CubeTensor> {
-            let tensor = tensor
-                .try_into_primitive::<Wgpu>()
-                .map_err(|e| Error::Tensor {
-                    param: path.to_string(),
-                    message: format!("its {what} is not a tensor of Burn's wgpu backend: {e:?}"),
-                })?;
-            if tensor.dtype != burn::tensor::DType::F32 {
-                return Err(Error::Tensor {
-                    param: path.to_string(),
-                    message: format!("its {what} is {:?}; fusedopt-burn steps f32", tensor.dtype),
-                });
-            }
-            // Strided or broadcast storage is no flat range of elements.
-            Ok(if tensor.is_contiguous() && tensor.is_contiguous_buffer() {
-                tensor
-            } else {
-                burn_cubecl::kernel::into_contiguous(tensor)
-            })
+    ) -> std::result::Result<Tensor<D>, Box<(Error, Tensor<D>)>> {
+        // (Boxed: a Burn tensor is hundreds of bytes.)
+        let invalid = |message| Error::Tensor {
+            param: path.to_string(),
+            message,
         };
-        let mut param = cube(param, "value")?;
-        let grad = cube(grad, "gradient")?;
+        if grad.shape() != param.shape() {
+            let (got, want) = (grad.shape(), param.shape());
+            let error = invalid(format!(
+                "its gradient has shape {got:?}, the parameter {want:?}"
+            ));
+            return Err(Box::new((error, param)));
+        }
+        if grad.device() != param.device() {
+            let (got, want) = (grad.device(), param.device());
+            let error = invalid(format!(
+                "its gradient is on {got:?}, the parameter on {want:?}"
+            ));
+            return Err(Box::new((error, param)));
+        }
+        // Converted through a second handle, the first dropped once that worked: a tensor of
+        // another backend comes back as it was.
+        let mut cube = match into_cube(param.clone(), path, "value") {
+            Ok(cube) => {
+                drop(param);
+                cube
+            }
+            Err(error) => return Err(Box::new((error, param))),
+        };
+        let recorded = self.record(id, path, &mut cube, grad);
+        let param = Tensor::from_primitive::<Wgpu>(cube);
+        match recorded {
+            Ok(()) => Ok(param),
+            Err(error) => Err(Box::new((error, param))),
+        }
+    }
+
+    /// Records the step of `param` (replaced by a copy with the same values where it cannot
+    /// be stepped in place) from `grad`.
+    fn record<const D: usize>(
+        &mut self,
+        id: ParamId,
+        path: &str,
+        param: &mut CubeTensor,
+        grad: Tensor<D>,
+    ) -> Result<()> {
+        let grad = into_cube(grad, path, "gradient")?;
+        let grad = if is_flat(&grad) {
+            grad
+        } else {
+            burn_cubecl::kernel::into_contiguous(grad)
+        };
+        if !is_flat(param) {
+            *param = as_weight(param, burn_cubecl::kernel::into_contiguous);
+        }
         // Another owner (a clone of the module, a tensor kept by the caller) must not see the
-        // step: it gets the old values, and the step a copy.
+        // step: it keeps the old values, and the step goes to a copy.
         if !param.can_mut() {
-            param = param.copy();
+            *param = as_weight(param, |p| p.copy());
             self.param_copies += 1;
         }
         let len = param.meta.shape().num_elements();
-        let resource_error = |e: &dyn std::fmt::Debug| Error::Resource {
-            param: path.to_string(),
-            message: format!("{e:?}"),
-        };
-        // Burn's work so far (the backward pass, any copy above) goes to the queue before ours.
-        param.client.flush().map_err(|e| resource_error(&e))?;
+        let align = u64::from(self.optimizer.gpu.limits().storage_offset_alignment).max(4);
+        // Asking CubeCL for a resource submits what the calling thread's stream and the
+        // tensor's own stream have queued (its `execute_streams`): the backward pass and any
+        // copy above reach the queue before the steps.
         let resource = |tensor: &CubeTensor| {
             tensor
                 .client
                 .get_resource::<WgpuServer<AutoCompiler>>(tensor.handle.clone())
-                .map_err(|e| resource_error(&e))
+                .map_err(|e| Error::Resource {
+                    param: path.to_string(),
+                    message: format!("{e:?}"),
+                })
         };
-        let (params_resource, grads_resource) = (resource(&param)?, resource(&grad)?);
+        let mut params_resource = resource(param)?;
+        if !params_resource.resource().offset.is_multiple_of(align) {
+            // A view at an offset no binding can start at: its copy is fresh, aligned memory.
+            drop(params_resource);
+            *param = as_weight(param, |p| p.copy());
+            self.param_copies += 1;
+            params_resource = resource(param)?;
+        }
+        let grads_resource = resource(&grad)?;
         let (params_at, grads_at) = (params_resource.resource(), grads_resource.resource());
-        // One buffer cannot be bound read-write and read-only in one dispatch: a gradient in
-        // its parameter's buffer is stepped from a copy (ordered after the steps recorded
-        // before, which may read the scratch buffer, by the encoder).
-        let scratch = if params_at.buffer == grads_at.buffer {
-            let scratch = self.optimizer.scratch(len)?;
-            self.encoder.copy_buffer_to_buffer(
-                &grads_at.buffer,
-                grads_at.offset,
-                &scratch,
-                0,
-                len as u64 * 4,
-            );
-            Some(scratch)
-        } else {
-            None
-        };
+        // One buffer cannot be bound read-write and read-only in one dispatch, and a binding
+        // starts at the storage offset alignment: a gradient in its parameter's buffer, or at
+        // another offset, is stepped from a copy (ordered by the encoder after the steps
+        // recorded before, which may read the scratch buffer).
+        let scratch =
+            if params_at.buffer == grads_at.buffer || !grads_at.offset.is_multiple_of(align) {
+                let scratch = self.optimizer.scratch(len)?;
+                self.encoder.copy_buffer_to_buffer(
+                    &grads_at.buffer,
+                    grads_at.offset,
+                    &scratch,
+                    0,
+                    len as u64 * 4,
+                );
+                Some(scratch)
+            } else {
+                None
+            };
         let piece = Piece {
             params: range(params_at, len),
             grads: match &scratch {
@@ -487,6 +627,6 @@ impl Stepper<'_> {
             params: params_resource,
             grads: grads_resource,
         });
-        Ok(Tensor::from_primitive::<Wgpu>(param))
+        Ok(())
     }
 }

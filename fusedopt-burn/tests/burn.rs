@@ -1,6 +1,8 @@
 //! fusedopt stepping Burn modules: every optimizer variant agrees with fusedopt's CPU reference
 //! stepped on the same values and gradients; Adam and AdamW agree with Burn's own over 100
-//! steps; a clone of the module keeps its values; parameter groups get their configuration.
+//! steps; a clone of the module keeps its values; parameter groups get their configuration; a
+//! gradient in its parameter's wgpu buffer is stepped from a copy; a failed step changes
+//! nothing.
 
 use std::collections::HashMap;
 
@@ -238,4 +240,115 @@ fn a_clone_keeps_its_values_and_groups_get_their_configuration() {
     let (_, grads) = gradients(&net, &x, &t);
     let _net = fused.step(net, grads).unwrap();
     assert_eq!(fused.parameters_copied(), after.len() as u64, "no copy");
+    // The copies went where Burn keeps weights, apart from the gradients' pages.
+    assert_eq!(fused.gradients_copied(), 0);
+}
+
+/// Sets every parameter to a computed copy of itself, which CubeCL allocates in the pages
+/// where gradients come and go (parameters Burn initializes live apart from them).
+struct Recompute;
+
+impl burn::module::ModuleMapper for Recompute {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        // Computed from a second handle, so that CubeCL cannot reuse the storage in place.
+        let inner = tensor.inner();
+        let computed = Tensor::from_inner(inner.clone().mul_scalar(1.0)).require_grad();
+        drop(inner);
+        Param::from_mapped_value(id, computed, mapper)
+    }
+}
+
+#[test]
+fn a_gradient_in_its_parameters_buffer_is_stepped_from_a_copy() {
+    let device = setup().0;
+    let (x, t) = data(device);
+    let mut net = Net::new(device).map(&mut Recompute);
+    let config = Adam {
+        lr: 1e-2,
+        ..Adam::default()
+    };
+    let mut fused = FusedOptimizer::new(setup().1, config.clone()).unwrap();
+    let mut cpu: HashMap<ParamId, (CpuOptimizer, Vec<f32>)> = params(&net)
+        .into_iter()
+        .map(|(id, (_, v, _))| (id, (CpuOptimizer::new(config.clone(), v.len()).unwrap(), v)))
+        .collect();
+    let mut stats = ErrorStats::default();
+    for step in 1..=3 {
+        let (host_grads, grads) = gradients(&net, &x, &t);
+        net = fused.step(net, grads).unwrap();
+        for (id, (_, got, _)) in params(&net) {
+            let (opt, want) = cpu.get_mut(&id).unwrap();
+            opt.step(
+                ArrayViewMut1::from(&mut want[..]),
+                ArrayView1::from(&host_grads[&id][..]),
+            )
+            .unwrap();
+            stats.add(&Tolerance::F32, step, &got, want);
+        }
+    }
+    assert!(fused.gradients_copied() > 0, "the path this test is for");
+    assert_eq!(fused.parameters_copied(), 0);
+    assert!(stats.compared > 0 && stats.passed(), "{stats:?}");
+}
+
+#[test]
+fn a_failed_step_changes_nothing_and_hands_the_module_back() {
+    let device = setup().0;
+    let (x, t) = data(device);
+    let net = Net::new(device);
+    let before = params(&net);
+    let config = Adam {
+        lr: 1e-2,
+        ..Adam::default()
+    };
+    let mut fused = FusedOptimizer::new(setup().1, config.clone()).unwrap();
+    // Burn's gradients, but the last parameter visited gets one of another shape: the three
+    // before it are recorded when the step fails.
+    let (_, mut grads) = gradients(&net, &x, &t);
+    let (&bias, _) = before
+        .iter()
+        .find(|(_, (path, _, _))| path == "l2.bias")
+        .unwrap();
+    grads.remove::<1>(bias).unwrap();
+    let wrong = TensorData::new(vec![1.0f32, 2.0], [2]);
+    grads.register::<1>(bias, Tensor::from_data(wrong, &device.clone().inner()));
+    let failed = fused.step(net, grads).unwrap_err();
+    assert!(
+        matches!(&failed.error, fusedopt_burn::Error::Tensor { param, .. } if param == "l2.bias"),
+        "{failed}"
+    );
+    let net = failed.module;
+    for (id, (path, value, _)) in params(&net) {
+        assert_eq!(value, before[&id].1, "{path} unchanged");
+        assert_eq!(fused.step_count(id), 0, "{path} not counted");
+    }
+    // The optimizer then takes the first step as if the failed one had not been asked for.
+    let (host_grads, grads) = gradients(&net, &x, &t);
+    let net = fused.step(net, grads).unwrap();
+    let mut stats = ErrorStats::default();
+    for (id, (_, got, _)) in params(&net) {
+        let mut want = before[&id].1.clone();
+        CpuOptimizer::new(config.clone(), want.len())
+            .unwrap()
+            .step(
+                ArrayViewMut1::from(&mut want[..]),
+                ArrayView1::from(&host_grads[&id][..]),
+            )
+            .unwrap();
+        stats.add(&Tolerance::F32, 1, &got, &want);
+        assert_eq!(fused.step_count(id), 1);
+    }
+    assert!(stats.compared > 0 && stats.passed(), "{stats:?}");
+}
+
+#[test]
+fn burn_and_fusedopt_run_on_the_graphics_api_wgpu_backend_names() {
+    let (_, gpu) = setup();
+    let backend = wgpu::Backends::from(gpu.adapter_info().backend);
+    match wgpu::Backends::from_env() {
+        // One API named: Burn started on it, not on another it prefers.
+        Some(named) if named.iter().count() == 1 => assert_eq!(backend, named),
+        _ => assert!(!backend.is_empty()),
+    }
 }
