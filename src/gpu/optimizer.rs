@@ -21,6 +21,8 @@ struct PieceState {
     params: wgpu::Buffer,
     offset: u64,
     len: usize,
+    /// The gradients bound with the parameters, and their first element.
+    grads: (wgpu::Buffer, u64),
     state: Vec<(StateSlot, wgpu::Buffer)>,
     master: Option<wgpu::Buffer>,
     /// Every state binding in order: the configuration's state, or the placeholder.
@@ -297,6 +299,7 @@ impl GpuOptimizer {
                 params: params.buffer.clone(),
                 offset: params.offset,
                 len: params.len,
+                grads: (piece.grads.buffer.clone(), piece.grads.offset),
                 state,
                 master,
                 bound,
@@ -334,8 +337,9 @@ impl GpuOptimizer {
     /// state, master and step count: for a pipeline whose tensors move between steps (Burn
     /// hands out a new gradient buffer every step, and may move a parameter). The pieces must
     /// be as many and as long as those the optimizer was made for, and pass the same checks;
-    /// on an `Err` the optimizer keeps its old buffers. An optimizer with a guard cannot be
-    /// rebound (the guard reads the gradients it was made for).
+    /// on an `Err` the optimizer keeps its old buffers. Rebinding to where it is bound costs
+    /// nothing. An optimizer with a guard cannot be rebound (the guard reads the gradients it
+    /// was made for).
     pub fn rebind(&mut self, gpu: &Gpu, pieces: &[Piece<'_>]) -> Result<()> {
         self.check_device(gpu)?;
         if self.guarded.is_some() {
@@ -357,6 +361,16 @@ impl GpuOptimizer {
                 ),
             });
         }
+        // Bound there already (a framework's pool often hands out the same places each step):
+        // nothing to check or bind again.
+        let unchanged = self.pieces.iter().zip(pieces).all(|(state, piece)| {
+            state.params == *piece.params.buffer
+                && state.offset == piece.params.offset
+                && state.grads == (piece.grads.buffer.clone(), piece.grads.offset)
+        });
+        if unchanged {
+            return Ok(());
+        }
         check_pieces(
             gpu,
             pieces,
@@ -376,6 +390,7 @@ impl GpuOptimizer {
         for (state, piece) in self.pieces.iter_mut().zip(pieces) {
             state.params = piece.params.buffer.clone();
             state.offset = piece.params.offset;
+            state.grads = (piece.grads.buffer.clone(), piece.grads.offset);
         }
         Ok(())
     }
