@@ -20,7 +20,16 @@
 //! Each parameter keeps one `fusedopt::GpuOptimizer`, rebound to the step's buffers (Burn hands
 //! out a new gradient buffer every step); its state and step count are fusedopt's, its numerics
 //! PyTorch's. Parameter groups follow Burn's `ParamGroup` (ids or module paths), each with its
-//! own configuration, as in PyTorch.
+//! own configuration, as in PyTorch. Every optimizer and option steps f32 parameters; the
+//! 16-bit precisions and the gradient guard are the library's alone.
+//!
+//! The application's own `burn` dependency must leave Burn's default features off, as this
+//! crate does (`default-features = false, features = ["std", "wgpu", "autodiff", ...]`): they
+//! bring Burn's fusion backend, whose tensors are no buffers one can step, and with it this
+//! crate does not compile (cargo unifies features across the build).
+//!
+//! Between steps each optimizer keeps a handle on the last buffers it stepped, so CubeCL
+//! cannot hand those pages back to the driver until the next step or [`FusedOptimizer::forget`].
 
 use std::collections::HashMap;
 
@@ -219,6 +228,13 @@ impl FusedOptimizer {
     /// Steps of the parameter `id` so far (0 before its first).
     pub fn step_count(&self, id: ParamId) -> u64 {
         self.states.get(&id).map_or(0, GpuOptimizer::step_count)
+    }
+
+    /// Drops the state and step count of the parameter `id` (a parameter replaced by one of
+    /// another size under the same id, or no longer trained): its next step is a first step.
+    /// Returns whether it had any.
+    pub fn forget(&mut self, id: ParamId) -> bool {
+        self.states.remove(&id).is_some()
     }
 
     /// Every state tensor of the parameter `id`, by PyTorch's name (none before its first
@@ -425,10 +441,10 @@ fn into_cube<const D: usize>(tensor: Tensor<D>, path: &str, what: &str) -> Resul
     Ok(tensor)
 }
 
-/// Whether a CubeCL tensor is one flat range of its buffer (not strided, broadcast or a view
-/// of more memory than its elements).
+/// Whether a CubeCL tensor is one flat range of its buffer (not tiled, strided, broadcast or a
+/// view of more memory than its elements).
 fn is_flat(tensor: &CubeTensor) -> bool {
-    tensor.is_contiguous() && tensor.is_contiguous_buffer()
+    !tensor.meta.is_tiled() && tensor.is_contiguous() && tensor.is_contiguous_buffer()
 }
 
 /// `make(param)` (a copy of it, with the same values), allocated where CubeCL keeps weights:
@@ -502,6 +518,10 @@ impl Stepper<'_> {
                 "its gradient is on {got:?}, the parameter on {want:?}"
             ));
             return Err(Box::new((error, param)));
+        }
+        // Nothing to step (and no buffer range to bind).
+        if param.shape().num_elements() == 0 {
+            return Ok(param);
         }
         // Converted through a second handle, the first dropped once that worked: a tensor of
         // another backend comes back as it was.

@@ -340,6 +340,16 @@ fn a_failed_step_changes_nothing_and_hands_the_module_back() {
         assert_eq!(fused.step_count(id), 1);
     }
     assert!(stats.compared > 0 && stats.passed(), "{stats:?}");
+
+    // A forgotten parameter starts over; the others go on.
+    assert!(fused.forget(bias));
+    assert!(!fused.forget(bias), "nothing left to forget");
+    let (_, grads) = gradients(&net, &x, &t);
+    let net = fused.step(net, grads).unwrap();
+    for (id, (path, _, _)) in params(&net) {
+        let want = if id == bias { 1 } else { 2 };
+        assert_eq!(fused.step_count(id), want, "{path}");
+    }
 }
 
 #[test]
