@@ -111,35 +111,43 @@ fn gradients(
     (by_id, grads)
 }
 
+/// Three steps of `net` by `fused` and, beside them, by fusedopt's CPU reference with
+/// `config` from the same values and Burn's gradients: how the two agree.
+fn against_cpu(
+    mut net: Net,
+    fused: &mut FusedOptimizer,
+    config: &Optimizer,
+    (x, t): (&Tensor<2>, &Tensor<2>),
+) -> ErrorStats {
+    let mut cpu: HashMap<ParamId, (CpuOptimizer, Vec<f32>)> = params(&net)
+        .into_iter()
+        .map(|(id, (_, v, _))| (id, (CpuOptimizer::new(config.clone(), v.len()).unwrap(), v)))
+        .collect();
+    let mut stats = ErrorStats::default();
+    for step in 1..=3 {
+        let (host_grads, grads) = gradients(&net, x, t);
+        net = fused.step(net, grads).unwrap();
+        for (id, (_, got, _)) in params(&net) {
+            let (opt, want) = cpu.get_mut(&id).unwrap();
+            opt.step(
+                ArrayViewMut1::from(&mut want[..]),
+                ArrayView1::from(&host_grads[&id][..]),
+            )
+            .unwrap();
+            stats.add(&Tolerance::F32, step, &got, want);
+        }
+    }
+    stats
+}
+
 #[test]
 fn every_variant_matches_the_cpu_reference_on_burn_parameters() {
     let device = setup().0;
     let (x, t) = data(device);
     for name in Optimizer::NAMES {
         for config in fusedopt::testing::variants(name).unwrap() {
-            let mut net = Net::new(device);
             let mut fused = FusedOptimizer::new(setup().1, config.clone()).unwrap();
-            let mut cpu: HashMap<ParamId, (CpuOptimizer, Vec<f32>)> = params(&net)
-                .into_iter()
-                .map(|(id, (_, v, _))| {
-                    let opt = CpuOptimizer::new(config.clone(), v.len()).unwrap();
-                    (id, (opt, v))
-                })
-                .collect();
-            let mut stats = ErrorStats::default();
-            for step in 1..=3 {
-                let (host_grads, grads) = gradients(&net, &x, &t);
-                net = fused.step(net, grads).unwrap();
-                for (id, (_, got, _)) in params(&net) {
-                    let (opt, want) = cpu.get_mut(&id).unwrap();
-                    opt.step(
-                        ArrayViewMut1::from(&mut want[..]),
-                        ArrayView1::from(&host_grads[&id][..]),
-                    )
-                    .unwrap();
-                    stats.add(&Tolerance::F32, step, &got, want);
-                }
-            }
+            let stats = against_cpu(Net::new(device), &mut fused, &config, (&x, &t));
             assert!(stats.compared > 0);
             assert!(
                 stats.passed(),
@@ -263,30 +271,14 @@ impl burn::module::ModuleMapper for Recompute {
 fn a_gradient_in_its_parameters_buffer_is_stepped_from_a_copy() {
     let device = setup().0;
     let (x, t) = data(device);
-    let mut net = Net::new(device).map(&mut Recompute);
-    let config = Adam {
+    let net = Net::new(device).map(&mut Recompute);
+    let config: Optimizer = Adam {
         lr: 1e-2,
         ..Adam::default()
-    };
-    let mut fused = FusedOptimizer::new(setup().1, config.clone()).unwrap();
-    let mut cpu: HashMap<ParamId, (CpuOptimizer, Vec<f32>)> = params(&net)
-        .into_iter()
-        .map(|(id, (_, v, _))| (id, (CpuOptimizer::new(config.clone(), v.len()).unwrap(), v)))
-        .collect();
-    let mut stats = ErrorStats::default();
-    for step in 1..=3 {
-        let (host_grads, grads) = gradients(&net, &x, &t);
-        net = fused.step(net, grads).unwrap();
-        for (id, (_, got, _)) in params(&net) {
-            let (opt, want) = cpu.get_mut(&id).unwrap();
-            opt.step(
-                ArrayViewMut1::from(&mut want[..]),
-                ArrayView1::from(&host_grads[&id][..]),
-            )
-            .unwrap();
-            stats.add(&Tolerance::F32, step, &got, want);
-        }
     }
+    .into();
+    let mut fused = FusedOptimizer::new(setup().1, config.clone()).unwrap();
+    let stats = against_cpu(net, &mut fused, &config, (&x, &t));
     assert!(fused.gradients_copied() > 0, "the path this test is for");
     assert_eq!(fused.parameters_copied(), 0);
     assert!(stats.compared > 0 && stats.passed(), "{stats:?}");
