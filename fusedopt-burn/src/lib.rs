@@ -115,9 +115,10 @@ impl<M> From<StepError<M>> for Error {
 }
 
 /// Starts Burn's wgpu runtime on the best adapter: the Burn device to build models on, and the
-/// wgpu setup it made, whose device and queue [`wrap`] hands to fusedopt. As fusedopt does, it
-/// takes the graphics API from `WGPU_BACKEND` when that names one (`vulkan`, `gl`, `metal`,
-/// `dx12`), and Burn's choice otherwise.
+/// wgpu setup it made, whose device and queue [`wrap`] hands to fusedopt. The graphics API is
+/// the one `WGPU_BACKEND` names when it names exactly one (`vulkan`, `gl`, `metal`, `dx12`), and
+/// Burn's choice otherwise; Burn picks the adapter (`WGPU_ADAPTER_NAME`, which fusedopt's own
+/// contexts follow, is not looked at).
 pub fn init() -> Result<(Device, WgpuSetup)> {
     let one = |backends| wgpu::Backends::from_env() == Some(backends);
     let api = if one(wgpu::Backends::VULKAN) {

@@ -295,26 +295,32 @@ fn a_failed_step_changes_nothing_and_hands_the_module_back() {
         ..Adam::default()
     };
     let mut fused = FusedOptimizer::new(setup().1, config.clone()).unwrap();
-    // Burn's gradients, but the last parameter visited gets one of another shape: the three
-    // before it are recorded when the step fails.
-    let (_, mut grads) = gradients(&net, &x, &t);
     let (&bias, _) = before
         .iter()
         .find(|(_, (path, _, _))| path == "l2.bias")
         .unwrap();
-    grads.remove::<1>(bias).unwrap();
-    let wrong = TensorData::new(vec![1.0f32, 2.0], [2]);
-    grads.register::<1>(bias, Tensor::from_data(wrong, &device.clone().inner()));
-    let failed = fused.step(net, grads).unwrap_err();
-    assert!(
-        matches!(&failed.error, fusedopt_burn::Error::Tensor { param, .. } if param == "l2.bias"),
-        "{failed}"
-    );
-    let net = failed.module;
-    for (id, (path, value, _)) in params(&net) {
-        assert_eq!(value, before[&id].1, "{path} unchanged");
-        assert_eq!(fused.step_count(id), 0, "{path} not counted");
-    }
+    // Burn's gradients, but the last parameter visited gets one of another shape: the three
+    // before it are recorded when the step fails. The module comes back as it was, and every
+    // count as it was (`count`: 0 before a first step, 1 after it).
+    let fail = |fused: &mut FusedOptimizer, net: Net, count: u64| -> Net {
+        let before = params(&net);
+        let (_, mut grads) = gradients(&net, &x, &t);
+        grads.remove::<1>(bias).unwrap();
+        let wrong = TensorData::new(vec![1.0f32, 2.0], [2]);
+        grads.register::<1>(bias, Tensor::from_data(wrong, &device.clone().inner()));
+        let failed = fused.step(net, grads).unwrap_err();
+        assert!(
+            matches!(&failed.error, fusedopt_burn::Error::Tensor { param, .. } if param == "l2.bias"),
+            "{failed}"
+        );
+        let net = failed.module;
+        for (id, (path, value, _)) in params(&net) {
+            assert_eq!(value, before[&id].1, "{path} unchanged");
+            assert_eq!(fused.step_count(id), count, "{path}: {count} steps");
+        }
+        net
+    };
+    let net = fail(&mut fused, net, 0);
     // The optimizer then takes the first step as if the failed one had not been asked for.
     let (host_grads, grads) = gradients(&net, &x, &t);
     let net = fused.step(net, grads).unwrap();
@@ -332,6 +338,8 @@ fn a_failed_step_changes_nothing_and_hands_the_module_back() {
         assert_eq!(fused.step_count(id), 1);
     }
     assert!(stats.compared > 0 && stats.passed(), "{stats:?}");
+    // A failure after a step sets the counts back to that step's.
+    let net = fail(&mut fused, net, 1);
 
     // A forgotten parameter starts over; the others go on.
     assert!(fused.forget(bias));
@@ -352,5 +360,33 @@ fn burn_and_fusedopt_run_on_the_graphics_api_wgpu_backend_names() {
         // One API named: Burn started on it, not on another it prefers.
         Some(named) if named.iter().count() == 1 => assert_eq!(backend, named),
         _ => assert!(!backend.is_empty()),
+    }
+}
+
+#[test]
+fn a_step_right_after_the_backward_pass_sees_its_gradients() {
+    let device = setup().0;
+    let (x, t) = data(device);
+    // Two nets of the same values in storage of their own.
+    let start = Net::new(device);
+    let (mut eager, mut waited) = (start.clone().map(&mut Recompute), start.map(&mut Recompute));
+    let config = Adam {
+        lr: 1e-2,
+        ..Adam::default()
+    };
+    let mut eager_fused = FusedOptimizer::new(setup().1, config.clone()).unwrap();
+    let mut waited_fused = FusedOptimizer::new(setup().1, config).unwrap();
+    for _ in 0..3 {
+        // Stepped while the backward pass may still be queued: taking the gradients' buffers
+        // has to put it on the queue first.
+        let grads = GradientsParams::from_grads(eager.loss(&x, &t).backward(), &eager);
+        eager = eager_fused.step(eager, grads).unwrap();
+        // Stepped after the gradients were read back, so the backward pass had run.
+        let (_, grads) = gradients(&waited, &x, &t);
+        waited = waited_fused.step(waited, grads).unwrap();
+    }
+    let (eager, waited) = (params(&eager), params(&waited));
+    for (id, (path, value, _)) in &waited {
+        assert_eq!(&eager[id].1, value, "{path}");
     }
 }

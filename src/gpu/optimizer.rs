@@ -337,9 +337,9 @@ impl GpuOptimizer {
     /// state, master and step count: for a pipeline whose tensors move between steps (Burn
     /// hands out a new gradient buffer every step, and may move a parameter). The pieces must
     /// be as many and as long as those the optimizer was made for, and pass the same checks;
-    /// on an `Err` the optimizer keeps its old buffers. Rebinding to where it is bound costs
-    /// nothing. An optimizer with a guard cannot be rebound (the guard reads the gradients it
-    /// was made for).
+    /// on an `Err` the optimizer keeps its old buffers. A rebind to where it is bound skips the
+    /// checks and bind groups. An optimizer with a guard cannot be rebound (the guard reads the
+    /// gradients it was made for).
     pub fn rebind(&mut self, gpu: &Gpu, pieces: &[Piece<'_>]) -> Result<()> {
         self.check_device(gpu)?;
         if self.guarded.is_some() {
@@ -362,11 +362,13 @@ impl GpuOptimizer {
             });
         }
         // Bound there already (a framework's pool often hands out the same places each step):
-        // nothing to check or bind again.
+        // the checks passed for these very ranges, and the bind groups hold them.
         let unchanged = self.pieces.iter().zip(pieces).all(|(state, piece)| {
             state.params == *piece.params.buffer
                 && state.offset == piece.params.offset
-                && state.grads == (piece.grads.buffer.clone(), piece.grads.offset)
+                && state.grads.0 == *piece.grads.buffer
+                && state.grads.1 == piece.grads.offset
+                && piece.grads.len == piece.params.len
         });
         if unchanged {
             return Ok(());
