@@ -32,6 +32,7 @@
 //! cannot hand those pages back to the driver until the next step or [`FusedOptimizer::forget`].
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use burn::backend::Wgpu;
 use burn::module::{Module, ModuleMapper, Param, ParamGroup, ParamId};
@@ -335,17 +336,21 @@ impl FusedOptimizer {
             }
         }
     }
+}
 
-    /// The configuration of the parameter `id` at `path`.
-    fn config_of(&self, id: &ParamId, path: &str) -> &Optimizer {
-        let (_, config) = self
-            .groups
-            .iter()
-            .rev()
-            .find(|(group, _)| group.0.matches(id, Some(path)))
-            .unwrap_or(&self.groups[0]);
-        config
-    }
+/// The configuration of the parameter `id` at `path`: that of the last group it matches (the
+/// first group matches all).
+fn config_of<'a>(
+    groups: &'a [(GroupMatcher, Optimizer)],
+    id: &ParamId,
+    path: &str,
+) -> &'a Optimizer {
+    let (_, config) = groups
+        .iter()
+        .rev()
+        .find(|(group, _)| group.0.matches(id, Some(path)))
+        .unwrap_or(&groups[0]);
+    config
 }
 
 /// The autodiff state a parameter carries, put back onto the stepped value as Burn's own
@@ -618,26 +623,30 @@ impl Stepper<'_> {
                 None => range(grads_at, len),
             },
         };
-        let gpu = &self.optimizer.gpu;
-        let before = self.optimizer.states.get(&id).map(GpuOptimizer::step_count);
-        match self.optimizer.states.get_mut(&id) {
-            Some(optimizer) => optimizer.rebind(gpu, &[piece])?,
-            None => {
-                let config = self.optimizer.config_of(&id, path).clone();
-                let optimizer = GpuOptimizer::with_pieces(gpu, config, &[piece])?;
-                self.optimizer.states.insert(id, optimizer);
+        // One lookup: the parameter's optimizer rebound to this step's buffers, or a new one.
+        let FusedOptimizer {
+            gpu,
+            groups,
+            states,
+            ..
+        } = &mut *self.optimizer;
+        let (optimizer, before) = match states.entry(id) {
+            Entry::Occupied(entry) => {
+                let optimizer = entry.into_mut();
+                optimizer.rebind(gpu, &[piece])?;
+                let count = optimizer.step_count();
+                (optimizer, Some(count))
             }
-        }
-        let optimizer = self
-            .optimizer
-            .states
-            .get_mut(&id)
-            .expect("inserted or found above");
+            Entry::Vacant(entry) => {
+                let config = config_of(groups, &id, path).clone();
+                let optimizer = GpuOptimizer::with_pieces(gpu, config, &[piece])?;
+                (entry.insert(optimizer), None)
+            }
+        };
         let lr = self.lr.unwrap_or_else(|| optimizer.config().lr());
-        let recorded = optimizer.record_step_with_lr(gpu, self.encoder, lr);
-        if let Err(error) = recorded {
+        if let Err(error) = optimizer.record_step_with_lr(gpu, self.encoder, lr) {
             if before.is_none() {
-                self.optimizer.states.remove(&id);
+                states.remove(&id);
             }
             return Err(error.into());
         }
